@@ -1,0 +1,3 @@
+from catalog_captioner.cli import main
+
+main()

@@ -1,0 +1,193 @@
+"""Caption search over the single-step ONNX decoder: greedy and beam, one interface.
+
+Both decoders take the encoder's outputs for a batch of images and return one
+:class:`Hypothesis` per image. Finished rows leave the batch at once, so a
+batch costs as many decoder calls as its longest caption, each on fewer rows.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from catalog_captioner.session import OnnxModel
+
+
+@dataclass(frozen=True)
+class DecodingOptions:
+    beam_size: int = 1  # 1 = greedy
+    max_length: int | None = None  # None: the bundle's max_length
+    length_penalty: float = 0.6  # GNMT alpha for beam search; 0 = raw log-probability
+    keep_attention: bool = False
+
+
+@dataclass
+class Hypothesis:
+    tokens: list[int]
+    logprob: float  # sum of chosen-token log-probabilities, <end> included
+    attention: np.ndarray | None = field(default=None, repr=False)  # (steps, regions)
+
+    @property
+    def confidence(self) -> float:
+        """Geometric-mean probability of the emitted tokens: in [0, 1], 1 = certain."""
+        steps = max(1, len(self.tokens) + 1)
+        return float(math.exp(self.logprob / steps))
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+class StepFunction:
+    """One decoder call: (token, features, keys, hidden) -> (logits, hidden, attention)."""
+
+    def __init__(self, model: OnnxModel):
+        names = model.bundle.decoder_names
+        self._session = model.decoder
+        self._inputs = [names.inputs[k] for k in ("token", "features", "keys", "hidden")]
+        self._outputs = [names.outputs[k] for k in ("logits", "hidden", "attention")]
+        token_type = next(t.type for t in model.decoder.get_inputs() if t.name == self._inputs[0])
+        self._token_dtype = np.int64 if "int64" in token_type else np.int32
+
+    def __call__(self, token, features, keys, hidden):
+        feeds = dict(zip(self._inputs, (token.astype(self._token_dtype), features, keys, hidden)))
+        logits, new_hidden, attention = self._session.run(self._outputs, feeds)
+        return logits, new_hidden, attention
+
+
+class GreedyDecoder:
+    def __init__(self, step: StepFunction, start: int, end: int, max_length: int, keep_attention: bool = False):
+        self.step, self.start, self.end = step, start, end
+        self.max_length, self.keep_attention = max_length, keep_attention
+
+    def decode(self, features: np.ndarray, keys: np.ndarray, hidden: np.ndarray) -> list[Hypothesis]:
+        n = features.shape[0]
+        results = [Hypothesis([], 0.0) for _ in range(n)]
+        attention = [[] for _ in range(n)]
+        rows = np.arange(n)
+        token = np.full(n, self.start, dtype=np.int64)
+        for _ in range(self.max_length):
+            logits, hidden, att = self.step(token, features, keys, hidden)
+            logp = log_softmax(logits)
+            token = logp.argmax(axis=-1)
+            chosen = logp[np.arange(len(token)), token]
+            done = token == self.end
+            for i, row in enumerate(rows):
+                results[row].logprob += float(chosen[i])
+                if self.keep_attention and not done[i]:
+                    attention[row].append(att[i])
+                if not done[i]:
+                    results[row].tokens.append(int(token[i]))
+            if done.all():
+                rows = rows[:0]
+                break
+            if done.any():
+                keep = ~done
+                rows, token, features, keys, hidden = rows[keep], token[keep], features[keep], keys[keep], hidden[keep]
+        if self.keep_attention:
+            for row in range(n):
+                results[row].attention = np.array(attention[row]) if attention[row] else np.zeros((0, features.shape[1]))
+        return results
+
+
+class BeamSearchDecoder:
+    """Batched beam search with a GNMT length penalty ((5 + len) / 6) ** alpha."""
+
+    def __init__(self, step: StepFunction, start: int, end: int, max_length: int, beam_size: int,
+                 length_penalty: float = 0.6, keep_attention: bool = False):
+        self.step, self.start, self.end = step, start, end
+        self.max_length, self.beam, self.alpha = max_length, beam_size, length_penalty
+        self.keep_attention = keep_attention
+
+    def _normalised(self, logprob: float, length: int) -> float:
+        return logprob / (((5.0 + length + 1) / 6.0) ** self.alpha) if self.alpha else logprob
+
+    def decode(self, features: np.ndarray, keys: np.ndarray, hidden: np.ndarray) -> list[Hypothesis]:
+        n, k = features.shape[0], self.beam
+        rep = lambda a: np.repeat(a, k, axis=0)  # noqa: E731 - (n*k, ...) copies, beam-major per image
+        features, keys, hidden = rep(features), rep(keys), rep(hidden)
+        token = np.full(n * k, self.start, dtype=np.int64)
+        scores = np.tile(np.r_[0.0, np.full(k - 1, -np.inf)], n)  # only beam 0 is live at first
+        seqs: list[list[int]] = [[] for _ in range(n * k)]
+        atts: list[list[np.ndarray]] = [[] for _ in range(n * k)]
+        finished: list[list[tuple[float, Hypothesis]]] = [[] for _ in range(n)]
+        images = np.arange(n)
+        for t in range(self.max_length):
+            logits, hidden, att = self.step(token, features, keys, hidden)
+            logp = log_softmax(logits)
+            m = len(images)
+            total = (scores[:, None] + logp).reshape(m, k * logp.shape[-1])
+            width = min(2 * k, total.shape[1])
+            top = np.argpartition(-total, width - 1, axis=1)[:, :width]
+            order = np.take_along_axis(top, np.argsort(-np.take_along_axis(total, top, 1), axis=1), 1)
+            src_rows, new_tokens, new_scores, alive = [], [], [], []
+            for j in range(m):
+                image = images[j]
+                picked = 0
+                for flat in order[j]:
+                    beam, word = divmod(int(flat), logp.shape[-1])
+                    value = float(total[j, flat])
+                    if not np.isfinite(value):
+                        continue
+                    row = j * k + beam
+                    if word == self.end:
+                        if len(finished[image]) < k:
+                            hyp = Hypothesis(list(seqs[row]), value,
+                                             np.array(atts[row]) if self.keep_attention else None)
+                            finished[image].append((self._normalised(value, len(hyp.tokens)), hyp))
+                        continue
+                    src_rows.append(row)
+                    new_tokens.append(word)
+                    new_scores.append(value)
+                    picked += 1
+                    if picked == k:
+                        break
+                while picked < k:  # keep the (m*k) layout when too few live candidates remain
+                    src_rows.append(j * k)
+                    new_tokens.append(self.end)
+                    new_scores.append(-np.inf)
+                    picked += 1
+                best_alive = new_scores[j * k]
+                best_done = max((s for s, _ in finished[image]), default=-np.inf)
+                bound = self._normalised(best_alive, self.max_length) if self.alpha else best_alive
+                alive.append(not (len(finished[image]) >= k or (finished[image] and best_done >= bound)))
+            src = np.array(src_rows)
+            seqs = [seqs[r] + [w] for r, w in zip(src_rows, new_tokens)]
+            if self.keep_attention:
+                atts = [atts[r] + [att[r]] for r in src_rows]
+            token, scores = np.array(new_tokens, dtype=np.int64), np.array(new_scores)
+            features, keys, hidden = features[src], keys[src], hidden[src]
+            if t == self.max_length - 1:
+                break
+            alive = np.array(alive)
+            if not alive.all():
+                rows = np.repeat(alive, k)
+                images = images[alive]
+                token, scores, features, keys, hidden = token[rows], scores[rows], features[rows], keys[rows], hidden[rows]
+                seqs = [s for s, r in zip(seqs, rows) if r]
+                atts = [a for a, r in zip(atts, rows) if r] if self.keep_attention else atts
+                if not len(images):
+                    break
+        # Images still searching at max_length keep their best live beams as candidates.
+        for j, image in enumerate(images):
+            for b in range(k):
+                row = j * k + b
+                if np.isfinite(scores[row]):
+                    hyp = Hypothesis(list(seqs[row]), float(scores[row]),
+                                     np.array(atts[row]) if self.keep_attention else None)
+                    finished[image].append((self._normalised(float(scores[row]), len(hyp.tokens)), hyp))
+        return [max(f, key=lambda pair: pair[0])[1] for f in finished]
+
+
+def make_decoder(model: OnnxModel, options: DecodingOptions):
+    bundle = model.bundle
+    vocab = bundle.vocabulary
+    max_length = options.max_length or bundle.max_length
+    step = StepFunction(model)
+    if options.beam_size <= 1:
+        return GreedyDecoder(step, vocab.start_id, vocab.end_id, max_length, options.keep_attention)
+    return BeamSearchDecoder(step, vocab.start_id, vocab.end_id, max_length, options.beam_size,
+                             options.length_penalty, options.keep_attention)

@@ -1,0 +1,1 @@
+"""Export a trained run to the runtime's ONNX bundle and prove it agrees with Keras."""

@@ -1,0 +1,151 @@
+"""Show, Attend and Tell in Keras 3: encoder head + Bahdanau attention GRU decoder.
+
+The decoder is written as a single step, ``step(token, features, keys, hidden)``,
+used three ways: unrolled with teacher forcing for training, in a Python loop
+for Keras-side decoding, and exported alone to ONNX for the runtime. ``keys`` is
+the attention's image-side projection, computed once per image by ``encode``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import keras
+from keras import layers, ops
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int
+    max_length: int  # words, <end> not counted
+    feature_dim: int = 256
+    embedding_dim: int = 256
+    units: int = 512
+    attention_units: int = 256
+    dropout: float = 0.0
+    attributes: tuple[tuple[str, int], ...] = ()  # auxiliary heads: (column, classes)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelConfig":
+        data = dict(data)
+        data["attributes"] = tuple(tuple(a) for a in data.get("attributes", ()))
+        return cls(**data)
+
+
+class BahdanauAttention(layers.Layer):
+    """score = v . tanh(W1 features + W2 hidden); W1 features is precomputed as ``keys``."""
+
+    def __init__(self, units: int, **kwargs):
+        super().__init__(**kwargs)
+        self.w1 = layers.Dense(units, name="w1")
+        self.w2 = layers.Dense(units, name="w2")
+        self.v = layers.Dense(1, name="v")
+
+    def project(self, features):
+        return self.w1(features)
+
+    def call(self, features, keys, hidden):
+        score = self.v(ops.tanh(keys + ops.expand_dims(self.w2(hidden), 1)))  # (N, L, 1)
+        weights = ops.softmax(score, axis=1)
+        context = ops.sum(weights * features, axis=1)
+        return context, ops.squeeze(weights, -1)
+
+
+class CaptionModel(keras.Model):
+    """Inputs: cached backbone maps + caption tokens (teacher forcing). Outputs: logits per step."""
+
+    def __init__(self, config: ModelConfig, backbone_top: keras.Model, **kwargs):
+        super().__init__(**kwargs)
+        self.config = config
+        self.backbone_top = backbone_top
+        self.project_features = layers.Dense(config.feature_dim, activation="relu", name="encoder_dense")
+        self.init_state = layers.Dense(config.units, activation="tanh", name="init_state")
+        self.embedding = layers.Embedding(config.vocab_size, config.embedding_dim, name="embedding")
+        self.attention = BahdanauAttention(config.attention_units, name="attention")
+        self.gru = layers.GRUCell(config.units, name="gru")
+        self.fc1 = layers.Dense(config.units, activation="relu", name="fc1")
+        self.fc2 = layers.Dense(config.vocab_size, name="fc2")
+        self.drop = layers.Dropout(config.dropout) if config.dropout else None
+        self.heads = {name: layers.Dense(classes, name=f"attr_{name}") for name, classes in config.attributes}
+
+    # -- encoder side -------------------------------------------------------------------------
+    def encode(self, cached, training=False):
+        """Backbone map -> (features (N,L,D), keys (N,L,A), initial hidden (N,U))."""
+        fmap = self.backbone_top(cached, training=training)
+        n_regions = fmap.shape[1] * fmap.shape[2]
+        regions = ops.reshape(fmap, (-1, n_regions, fmap.shape[3]))
+        features = self.project_features(regions)
+        if self.drop is not None:
+            features = self.drop(features, training=training)
+        keys = self.attention.project(features)
+        hidden = self.init_state(ops.mean(features, axis=1))
+        return features, keys, hidden
+
+    # -- one decoding step --------------------------------------------------------------------
+    def step(self, token, features, keys, hidden, training=False):
+        """(token (N,), features, keys, hidden) -> (logits (N,V), new hidden, attention (N,L))."""
+        context, weights = self.attention(features, keys, hidden)
+        x = ops.concatenate([context, self.embedding(token)], axis=-1)
+        out, new_state = self.gru(x, [hidden], training=training)
+        new_hidden = new_state[0] if isinstance(new_state, (list, tuple)) else new_state
+        h = self.fc1(ops.concatenate([out, context], axis=-1))
+        if self.drop is not None:
+            h = self.drop(h, training=training)
+        return self.fc2(h), new_hidden, weights
+
+    # -- teacher forcing ----------------------------------------------------------------------
+    def call(self, inputs, training=False):
+        cached, tokens = inputs["cached"], inputs["tokens"]
+        features, keys, hidden = self.encode(ops.cast(cached, "float32"), training=training)
+        outputs = []
+        for t in range(tokens.shape[1]):
+            logits, hidden, _ = self.step(tokens[:, t], features, keys, hidden, training=training)
+            outputs.append(logits)
+        result = {"caption": ops.stack(outputs, axis=1)}
+        pooled = ops.mean(features, axis=1)
+        for name, head in self.heads.items():
+            result[f"attr_{name}"] = head(pooled)
+        return result
+
+
+class MaskedCaptionLoss(keras.losses.Loss):
+    """Cross-entropy over real tokens only (``<pad>`` = 0 ignored), with label smoothing."""
+
+    def __init__(self, label_smoothing: float = 0.0, name: str = "caption_loss", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.label_smoothing = label_smoothing
+
+    def call(self, y_true, y_pred):
+        y_true = ops.cast(y_true, "int32")
+        logp = ops.log_softmax(y_pred, axis=-1)
+        nll = -ops.squeeze(ops.take_along_axis(logp, ops.expand_dims(y_true, -1), axis=-1), -1)
+        if self.label_smoothing:
+            nll = (1 - self.label_smoothing) * nll - self.label_smoothing * ops.mean(logp, axis=-1)
+        mask = ops.cast(ops.not_equal(y_true, 0), nll.dtype)
+        return ops.sum(nll * mask, axis=-1) / ops.maximum(ops.sum(mask, axis=-1), 1.0)
+
+    def get_config(self):
+        return {**super().get_config(), "label_smoothing": self.label_smoothing}
+
+
+class AttributeLoss(keras.losses.Loss):
+    """Sparse cross-entropy that ignores rows whose attribute is unknown (label -1)."""
+
+    def call(self, y_true, y_pred):
+        y_true = ops.cast(ops.reshape(y_true, (-1,)), "int32")
+        known = ops.cast(ops.greater_equal(y_true, 0), "float32")
+        logp = ops.log_softmax(y_pred, axis=-1)
+        nll = -ops.squeeze(ops.take_along_axis(logp, ops.expand_dims(ops.maximum(y_true, 0), -1), axis=-1), -1)
+        return nll * known
+
+
+def build_model(config: ModelConfig, backbone_top: keras.Model, cache_shape: tuple[int, ...]) -> CaptionModel:
+    model = CaptionModel(config, backbone_top)
+    import numpy as np
+
+    model({"cached": np.zeros((1, *cache_shape), "float32"),
+           "tokens": np.zeros((1, config.max_length + 1), "int32")})  # create every weight
+    return model

@@ -1,0 +1,251 @@
+"""``catcap train``: catalog -> cached backbone maps -> teacher-forced training -> run folder.
+
+The run folder holds everything ``catcap export`` needs: ``config.json`` (model,
+backbone, vocabulary, data record), ``model.weights.h5``, ``backbone.weights.h5``
+(the frozen bottom, so export never needs the original weights file),
+``split.json``, ``history.csv`` and ``loss.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from catalog_captioner import catalog as catalogs
+from catalog_captioner import images
+from catalog_captioner.errors import UsageError
+from catalog_captioner.text import Vocabulary, tokenize
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    catalog: Path
+    out: Path
+    image_col: str | None = None
+    caption_col: str = "caption"
+    image_root: Path | None = None
+    backbone: str = "efficientnet_lite0"
+    backbone_weights: str | None = None
+    input_size: int | None = None
+    fine_tune_blocks: int = 0
+    epochs: int = 30
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    patience: int = 3
+    val_fraction: float = 0.1
+    seed: int = 13
+    min_count: int = 2
+    max_length: int = 20
+    embedding_dim: int = 256
+    units: int = 512
+    feature_dim: int = 256
+    attention_units: int = 256
+    attribute_cols: tuple[str, ...] = ()
+    attribute_weight: float = 0.5
+    label_smoothing: float = 0.0
+    dropout: float = 0.0
+    limit: int | None = None
+    cache_dir: Path | None = None
+    verbose: int = 2
+
+
+@dataclass
+class CatalogData:
+    frame: pd.DataFrame
+    image_col: str
+    path: Path
+    image_root: Path
+    skipped_empty: int = 0
+
+
+def read_catalog(path: Path, image_col: str | None, caption_col: str, image_root: Path | None,
+                 limit: int | None = None, fmt: str | None = None, require_captions: bool = True) -> CatalogData:
+    """The whole catalog as text cells (training catalogs fit in memory; run streams instead)."""
+    reader = catalogs.open_reader(path, catalogs.format_of(path, fmt))
+    column = catalogs.detect_image_column(reader.columns, image_col)
+    if require_captions and caption_col not in reader.columns:
+        raise UsageError(f"--caption-col {caption_col!r} is not a column; the catalog has: {', '.join(reader.columns)}")
+    frames = []
+    for chunk in reader.chunks(8192, column):
+        frame = chunk.payload if isinstance(chunk.payload, pd.DataFrame) else (
+            chunk.payload.to_pandas() if hasattr(chunk.payload, "to_pandas") else pd.DataFrame.from_records(chunk.payload))
+        frames.append(frame.astype(str).where(frame.notna(), ""))
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=reader.columns)
+    if limit is not None:
+        frame = frame.iloc[:limit]
+    frame = frame.reset_index(drop=True)
+    skipped = 0
+    if require_captions:
+        has_words = frame[caption_col].map(lambda c: bool(tokenize(c)))
+        skipped = int((~has_words).sum())
+        frame = frame[has_words].reset_index(drop=True)
+    root = image_root or path.resolve().parent
+    return CatalogData(frame, column, path.resolve(), Path(root).resolve(), skipped)
+
+
+def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Reproducible shuffle-split: the same (n, fraction, seed) always gives the same split."""
+    if not 0 < val_fraction < 1:
+        raise UsageError("--val-fraction must be between 0 and 1")
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = max(1, int(round(n * val_fraction)))
+    if n - n_val < 1:
+        raise UsageError(f"the catalog has {n} usable rows: too few to split into train and validation")
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def encode_captions(captions, vocab: Vocabulary, max_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Teacher-forcing pairs: inputs <start> w1..wn, targets w1..wn <end>, padded with 0."""
+    inputs = np.zeros((len(captions), max_length + 1), np.int32)
+    targets = np.zeros_like(inputs)
+    for i, caption in enumerate(captions):
+        ids = vocab.encode(caption)[:max_length]
+        inputs[i, : len(ids) + 1] = [vocab.start_id, *ids]
+        targets[i, : len(ids) + 1] = [*ids, vocab.end_id]
+    return inputs, targets
+
+
+@dataclass
+class AttributeCodes:
+    column: str
+    classes: list[str] = field(default_factory=list)
+
+    def labels(self, values) -> np.ndarray:
+        index = {c: i for i, c in enumerate(self.classes)}
+        return np.array([index.get(str(v), -1) for v in values], np.int32)
+
+
+def train(options: TrainOptions, log=None) -> Path:
+    """Train and write the run folder; returns its path."""
+    log = log or (lambda message: print(f"catcap train: {message}", flush=True))
+    import keras
+
+    from train.backbones import build_backbone
+    from train.features import FeatureCache, default_cache_root
+    from train.model import AttributeLoss, MaskedCaptionLoss, ModelConfig, build_model
+
+    started = time.time()
+    keras.utils.set_random_seed(options.seed)
+    data = read_catalog(options.catalog, options.image_col, options.caption_col, options.image_root, options.limit)
+    for column in options.attribute_cols:
+        if column not in data.frame.columns:
+            raise UsageError(f"--attribute-cols: {column!r} is not a column of the catalog")
+    if len(data.frame) < 2:
+        raise UsageError(f"{options.catalog} has {len(data.frame)} rows with a caption; training needs at least 2")
+    log(f"{len(data.frame)} rows with captions ({data.skipped_empty} empty captions skipped)")
+
+    backbone = build_backbone(options.backbone, options.backbone_weights, options.input_size,
+                              options.fine_tune_blocks)
+    cache = FeatureCache(options.cache_dir or default_cache_root(), backbone)
+    load_options = images.LoadOptions(image_root=data.image_root)
+    maps, ok, failures, cache_stats = cache.compute(data.frame[data.image_col].tolist(), load_options, log=log)
+    keep = np.flatnonzero(ok)
+    if len(keep) < 2:
+        raise UsageError(f"only {len(keep)} images could be read ({dict(failures)}); nothing to train on")
+    frame = data.frame.iloc[keep].reset_index(drop=True)
+    maps = maps[keep]
+    train_idx, val_idx = split_indices(len(frame), options.val_fraction, options.seed)
+
+    captions = frame[options.caption_col].tolist()
+    vocab = Vocabulary.build([captions[i] for i in train_idx], min_count=options.min_count)
+    longest = max(len(tokenize(captions[i])) for i in train_idx)
+    max_length = min(options.max_length, longest)
+    inputs, targets = encode_captions(captions, vocab, max_length)
+    attributes = []
+    for column in options.attribute_cols:
+        values = frame[column].tolist()
+        classes = sorted({values[i] for i in train_idx if values[i]})
+        attributes.append(AttributeCodes(column, classes))
+    config = ModelConfig(vocab_size=len(vocab), max_length=max_length, feature_dim=options.feature_dim,
+                         embedding_dim=options.embedding_dim, units=options.units,
+                         attention_units=options.attention_units, dropout=options.dropout,
+                         attributes=tuple((a.column, len(a.classes)) for a in attributes if a.classes))
+    log(f"vocabulary {len(vocab)} words (min count {options.min_count}); max length {max_length}; "
+        f"{len(train_idx)} train / {len(val_idx)} validation images; cache map {backbone.cache_shape}")
+
+    model = build_model(config, backbone.top, backbone.cache_shape)
+    losses = {"caption": MaskedCaptionLoss(options.label_smoothing)}
+    weights = {"caption": 1.0}
+    y = {"caption": targets}
+    for codes in attributes:
+        if codes.classes:
+            losses[f"attr_{codes.column}"] = AttributeLoss()
+            weights[f"attr_{codes.column}"] = options.attribute_weight
+            y[f"attr_{codes.column}"] = codes.labels(frame[codes.column].tolist())
+    model.compile(optimizer=keras.optimizers.Adam(options.learning_rate, clipnorm=5.0), loss=losses,
+                  loss_weights=weights)
+
+    def dataset(index, shuffle):
+        import tensorflow as tf
+
+        x = {"cached": maps[index], "tokens": inputs[index]}
+        ds = tf.data.Dataset.from_tensor_slices((x, {k: v[index] for k, v in y.items()}))
+        if shuffle:
+            ds = ds.shuffle(min(len(index), 20000), seed=options.seed, reshuffle_each_iteration=True)
+        return ds.batch(options.batch_size).prefetch(2)
+
+    out = Path(options.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=options.patience,
+                                            restore_best_weights=True, verbose=1)
+    history = model.fit(dataset(train_idx, True), validation_data=dataset(val_idx, False), epochs=options.epochs,
+                        callbacks=[stopper, keras.callbacks.CSVLogger(str(out / "history.csv"))],
+                        verbose=options.verbose)
+    val_losses = history.history["val_loss"]
+    best_epoch = int(np.argmin(val_losses)) + 1
+    epochs_run = len(val_losses)
+    stop_reason = (f"validation loss did not improve for {options.patience} epochs after epoch {best_epoch}"
+                   if stopper.stopped_epoch else f"reached --epochs {options.epochs}")
+    model.save_weights(str(out / "model.weights.h5"))
+    backbone.bottom.save_weights(str(out / "backbone.weights.h5"))
+    (out / "split.json").write_text(json.dumps({
+        "seed": options.seed, "val_fraction": options.val_fraction,
+        "val_images": frame[data.image_col].iloc[val_idx].tolist(),
+        "val_captions": [captions[i] for i in val_idx],
+    }))
+    record = {
+        "model": config.to_dict(),
+        "backbone": {"name": backbone.name, "input_size": backbone.input_size, "weights_id": backbone.weights_id,
+                     "weights": options.backbone_weights or "imagenet", "fine_tune_blocks": options.fine_tune_blocks,
+                     "cache_shape": list(backbone.cache_shape)},
+        "vocabulary": list(vocab.words),
+        "attributes": {a.column: a.classes for a in attributes},
+        "data": {"catalog": str(data.path), "image_col": data.image_col, "caption_col": options.caption_col,
+                 "image_root": str(data.image_root), "rows": int(len(data.frame) + data.skipped_empty),
+                 "empty_captions_skipped": data.skipped_empty, "images_skipped": dict(failures),
+                 "train_images": int(len(train_idx)), "val_images": int(len(val_idx)), "feature_cache": cache_stats},
+        "training": {"epochs_run": epochs_run, "best_epoch": best_epoch, "stopped": stop_reason,
+                     "best_val_loss": float(min(val_losses)), "final_train_loss": float(history.history["loss"][-1]),
+                     "seconds": round(time.time() - started, 1),
+                     "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items()}},
+    }
+    (out / "config.json").write_text(json.dumps(record, indent=2))
+    plot_history(history.history, best_epoch, stop_reason, out / "loss.png")
+    log(f"best epoch {best_epoch}/{epochs_run} (val loss {min(val_losses):.4f}); {stop_reason}; wrote {out}")
+    return out
+
+
+def plot_history(history: dict, best_epoch: int, reason: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = np.arange(1, len(history["loss"]) + 1)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(epochs, history["loss"], marker="o", label="train loss")
+    ax.plot(epochs, history["val_loss"], marker="o", label="validation loss")
+    ax.axvline(best_epoch, color="grey", linestyle="--", label=f"best (epoch {best_epoch}, weights kept)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.set_title(f"Stopped: {reason}", fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
