@@ -187,6 +187,26 @@ def open_reader(path: Path, fmt: str):
     return JsonlReader(path)
 
 
+def read_table(path: Path, image_col: str | None, fmt: str | None = None,
+               limit: int | None = None) -> tuple[pd.DataFrame, str]:
+    """A whole catalog as a frame of text cells (for training and evaluation, which fit in memory)."""
+    reader = open_reader(path, format_of(path, fmt))
+    column = detect_image_column(reader.columns, image_col)
+    frames, rows = [], 0
+    for chunk in reader.chunks(8192, column):
+        frame = chunk.payload
+        if isinstance(frame, pa.RecordBatch):
+            frame = frame.to_pandas()
+        elif not isinstance(frame, pd.DataFrame):
+            frame = pd.DataFrame.from_records(frame, columns=reader.columns)
+        frames.append(frame.astype(str).where(frame.notna(), ""))
+        rows += len(frame)
+        if limit is not None and rows >= limit:
+            break
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=reader.columns)
+    return (frame.iloc[:limit] if limit is not None else frame).reset_index(drop=True), column
+
+
 # ----------------------------------------------------------------------------- writers
 @dataclass
 class Results:

@@ -176,13 +176,58 @@ def export(
         _fail(err)
 
 
+@app.command()
+def evaluate(
+    catalog: Path = typer.Argument(..., help="A catalog with reference captions (e.g. RUN/val.csv)."),
+    out: Path = typer.Option(Path("catcap-eval"), "--out", "-o", help="Folder for report.md/.json, "
+                             "predictions.csv and contact_sheet.png."),
+    model: Optional[Path] = ModelOpt,
+    caption_col: str = typer.Option("caption", "--caption-col", help="The reference caption column."),
+    image_col: Optional[str] = typer.Option(None, "--image-col"),
+    image_root: Optional[Path] = typer.Option(None, "--image-root"),
+    reference: Optional[Path] = typer.Option(None, "--reference", help="Training catalog for the nearest-"
+                                             "neighbour retrieval peer (e.g. RUN/train.csv)."),
+    beam_size: int = typer.Option(1, "--beam-size"),
+    limit: Optional[int] = typer.Option(None, "--limit"),
+    contact_sheet: int = typer.Option(24, "--contact-sheet", help="Images on the contact sheet (0: none)."),
+    device: str = DeviceOpt,
+) -> None:
+    """Score a model's captions (BLEU, ROUGE-L, CIDEr-D, attribute accuracy) beside retrieval."""
+    module = _import_train("catalog_captioner.evaluate")
+    options = module.EvaluateOptions(catalog=catalog, out=out, model=model, caption_col=caption_col,
+                                     image_col=image_col, image_root=image_root, reference=reference, limit=limit,
+                                     beam_size=beam_size, device=device, contact_sheet=contact_sheet)
+    try:
+        report = module.evaluate(options, log=lambda m: typer.echo(f"catcap evaluate: {m}", err=True))
+    except CatcapError as err:
+        _fail(err)
+    typer.echo(module.markdown_report(report))
+
+
+@app.command()
+def explain(
+    image: str = typer.Argument(..., help="An image path or URL."),
+    out: Path = typer.Option(Path("attention.png"), "--out", "-o", help="The figure to write (PNG)."),
+    model: Optional[Path] = ModelOpt,
+    beam_size: int = typer.Option(1, "--beam-size"),
+    device: str = DeviceOpt,
+) -> None:
+    """Caption one image and draw each word's attention over the image regions."""
+    module = _import_train("catalog_captioner.explain")
+    try:
+        caption = module.attention_figure(image, out, model=model, beam_size=beam_size, device=device)
+    except CatcapError as err:
+        _fail(err)
+    typer.echo(f"{caption}\nwrote {out}")
+
+
 def _import_train(module: str):
     import importlib
 
     try:
         return importlib.import_module(module)
     except ModuleNotFoundError as err:
-        if err.name and err.name.split(".")[0] in {"tensorflow", "keras", "tf2onnx", "onnx", "matplotlib"}:
+        if err.name and err.name.split(".")[0] in {"tensorflow", "keras", "tf2onnx", "onnx", "matplotlib", "pycocoevalcap"}:
             typer.echo(f"catcap: error: this command needs the training extra ({err.name} is missing): "
                        "pip install 'catalog-captioner[train]'", err=True)
             raise typer.Exit(1)

@@ -113,7 +113,7 @@ def write_record(run: TrainedRun, folder: Path, parity: dict, options: ExportOpt
             "shapes": {"token": ["N"], "logits": ["N", len(run.vocabulary)], "attention": ["N", run.regions]},
             "units": run.config.units, "vocab_size": len(run.vocabulary),
         },
-        "training": {**run.record.get("training", {}), "data": run.record.get("data", {}),
+        "training": {**run.record.get("training", {}), "run_dir": str(run.path.resolve()), "data": run.record.get("data", {}),
                      "backbone": run.record.get("backbone", {}), "model": run.record.get("model", {})},
         "metrics": run.record.get("metrics", {}),
         "parity": parity,

@@ -39,7 +39,7 @@ def draw_product(colour: str, shape: str, size: int = 96, seed: int = 0) -> Imag
 def make_catalog(folder: Path, per_class: int = 6) -> Path:
     """A CSV catalog of generated images with 'Acme <colour> <shape>' captions."""
     (folder / "img").mkdir(parents=True, exist_ok=True)
-    rows = ["id,image,caption,colour"]
+    rows = ["id,image,caption,baseColour"]
     n = 0
     for colour in COLOURS:
         for shape in SHAPES:
@@ -76,7 +76,7 @@ def tiny_run(shapes_catalog, tmp_path_factory) -> Path:
     catcap("train", shapes_catalog, "--out", out, "--input-size", "96", "--epochs", "12", "--batch-size", "16",
            "--units", "64", "--embedding-dim", "32", "--feature-dim", "64", "--val-fraction", "0.2",
            "--learning-rate", "0.005", "--patience", "12", "--min-count", "1", "--cache-dir", cache,
-           "--attribute-cols", "colour")
+           "--attribute-cols", "baseColour")
     return out
 
 

@@ -66,20 +66,10 @@ class CatalogData:
 
 def read_catalog(path: Path, image_col: str | None, caption_col: str, image_root: Path | None,
                  limit: int | None = None, fmt: str | None = None, require_captions: bool = True) -> CatalogData:
-    """The whole catalog as text cells (training catalogs fit in memory; run streams instead)."""
-    reader = catalogs.open_reader(path, catalogs.format_of(path, fmt))
-    column = catalogs.detect_image_column(reader.columns, image_col)
-    if require_captions and caption_col not in reader.columns:
-        raise UsageError(f"--caption-col {caption_col!r} is not a column; the catalog has: {', '.join(reader.columns)}")
-    frames = []
-    for chunk in reader.chunks(8192, column):
-        frame = chunk.payload if isinstance(chunk.payload, pd.DataFrame) else (
-            chunk.payload.to_pandas() if hasattr(chunk.payload, "to_pandas") else pd.DataFrame.from_records(chunk.payload))
-        frames.append(frame.astype(str).where(frame.notna(), ""))
-    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=reader.columns)
-    if limit is not None:
-        frame = frame.iloc[:limit]
-    frame = frame.reset_index(drop=True)
+    """The whole catalog as text cells, rows without caption words dropped (and counted)."""
+    frame, column = catalogs.read_table(path, image_col, fmt, limit)
+    if require_captions and caption_col not in frame.columns:
+        raise UsageError(f"--caption-col {caption_col!r} is not a column; the catalog has: {', '.join(frame.columns)}")
     skipped = 0
     if require_captions:
         has_words = frame[caption_col].map(lambda c: bool(tokenize(c)))
@@ -204,6 +194,8 @@ def train(options: TrainOptions, log=None) -> Path:
                    if stopper.stopped_epoch else f"reached --epochs {options.epochs}")
     model.save_weights(str(out / "model.weights.h5"))
     backbone.bottom.save_weights(str(out / "backbone.weights.h5"))
+    for name, index in (("train.csv", train_idx), ("val.csv", val_idx)):
+        write_split(frame.iloc[index], data.image_col, data.image_root, out / name)
     (out / "split.json").write_text(json.dumps({
         "seed": options.seed, "val_fraction": options.val_fraction,
         "val_images": frame[data.image_col].iloc[val_idx].tolist(),
@@ -229,6 +221,13 @@ def train(options: TrainOptions, log=None) -> Path:
     plot_history(history.history, best_epoch, stop_reason, out / "loss.png")
     log(f"best epoch {best_epoch}/{epochs_run} (val loss {min(val_losses):.4f}); {stop_reason}; wrote {out}")
     return out
+
+
+def write_split(frame: pd.DataFrame, image_col: str, root: Path, path: Path) -> None:
+    """The split's rows as a catalog with absolute image paths (for `catcap evaluate`)."""
+    frame = frame.copy()
+    frame[image_col] = [str(images.resolve(c, root)) for c in frame[image_col]]
+    frame.to_csv(path, index=False)
 
 
 def plot_history(history: dict, best_epoch: int, reason: str, path: Path) -> None:
