@@ -48,13 +48,16 @@ class Captioner:
         self._encoder_outputs = [enc.outputs[k] for k in ("features", "keys", "hidden")]
 
     @classmethod
-    def load(cls, model_dir: str | Path | None = None, *, device: str = "auto", beam_size: int = 1,
+    def load(cls, model_dir: str | Path | None = None, *, device: str = "auto", beam_size: int | None = None,
              max_length: int | None = None, threads: int = 0, image_root: str | Path | None = None,
              keep_attention: bool = False) -> "Captioner":
         bundle = ModelBundle.load(model_dir)
         model = open_model(bundle, DeviceOptions(device=device, threads=threads))
+        defaults = bundle.record.get("decoding", {})
+        if beam_size is None:  # the decoding the bundle's metrics were measured with
+            beam_size = int(defaults.get("default_beam_size", 1))
         decoding = DecodingOptions(beam_size=beam_size, max_length=max_length, keep_attention=keep_attention,
-                                   length_penalty=float(bundle.record.get("decoding", {}).get("length_penalty", 0.6)))
+                                   length_penalty=float(defaults.get("length_penalty", 0.6)))
         loading = images.LoadOptions(image_root=Path(image_root) if image_root else None)
         return cls(model, decoding, loading)
 

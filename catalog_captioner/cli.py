@@ -42,7 +42,8 @@ def run(
     workers: int = typer.Option(8, "--workers", help="Threads loading and downloading images."),
     device: str = DeviceOpt,
     threads: int = typer.Option(0, "--threads", help="ONNX Runtime threads (0: all cores)."),
-    beam_size: int = typer.Option(1, "--beam-size", help="1 = greedy; >1 = beam search."),
+    beam_size: Optional[int] = typer.Option(None, "--beam-size", help="1 = greedy; >1 = beam search "
+                                            "(default: the bundle's own, 3 for the embedded model)."),
     max_length: Optional[int] = typer.Option(None, "--max-length", help="Longest caption in words."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N rows."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run of the same command."),
@@ -57,7 +58,7 @@ def run(
     from catalog_captioner.run import RunOptions, run_catalog
 
     try:
-        if beam_size < 1:
+        if beam_size is not None and beam_size < 1:
             raise UsageError("--beam-size must be at least 1")
         if max_error_rate is not None and not 0 <= max_error_rate <= 1:
             raise UsageError("--max-error-rate must be between 0 and 1")
@@ -166,12 +167,16 @@ def export(
     parity_images: int = typer.Option(64, "--parity-images", help="Validation images for the parity check."),
     max_abs_diff: float = typer.Option(1e-4, "--max-abs-diff"),
     min_greedy_match: float = typer.Option(0.99, "--min-greedy-match"),
+    decoder_float16: bool = typer.Option(True, "--decoder-float16/--decoder-float32",
+                                         help="Store decoder weights as float16 (half the file; arithmetic stays "
+                                         "float32; Keras weights are rounded the same way before the parity check)."),
 ) -> None:
     """Export a trained run to an ONNX bundle and prove it agrees with Keras."""
     exporter = _import_train("export.onnx_export")
     try:
         exporter.export(exporter.ExportOptions(run_dir=run_dir, out=out, parity_images=parity_images,
-                                               max_abs_diff=max_abs_diff, min_greedy_match=min_greedy_match))
+                                               max_abs_diff=max_abs_diff, min_greedy_match=min_greedy_match,
+                                               decoder_float16=decoder_float16))
     except CatcapError as err:
         _fail(err)
 
@@ -187,16 +192,19 @@ def evaluate(
     image_root: Optional[Path] = typer.Option(None, "--image-root"),
     reference: Optional[Path] = typer.Option(None, "--reference", help="Training catalog for the nearest-"
                                              "neighbour retrieval peer (e.g. RUN/train.csv)."),
-    beam_size: int = typer.Option(1, "--beam-size"),
+    beam_size: Optional[int] = typer.Option(None, "--beam-size", help="Default: the bundle's own."),
     limit: Optional[int] = typer.Option(None, "--limit"),
     contact_sheet: int = typer.Option(24, "--contact-sheet", help="Images on the contact sheet (0: none)."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Feature cache for the retrieval peer "
+                                             "(as for catcap train)."),
     device: str = DeviceOpt,
 ) -> None:
     """Score a model's captions (BLEU, ROUGE-L, CIDEr-D, attribute accuracy) beside retrieval."""
     module = _import_train("catalog_captioner.evaluate")
     options = module.EvaluateOptions(catalog=catalog, out=out, model=model, caption_col=caption_col,
                                      image_col=image_col, image_root=image_root, reference=reference, limit=limit,
-                                     beam_size=beam_size, device=device, contact_sheet=contact_sheet)
+                                     beam_size=beam_size, device=device, contact_sheet=contact_sheet,
+                                     cache_dir=cache_dir)
     try:
         report = module.evaluate(options, log=lambda m: typer.echo(f"catcap evaluate: {m}", err=True))
     except CatcapError as err:
@@ -209,7 +217,7 @@ def explain(
     image: str = typer.Argument(..., help="An image path or URL."),
     out: Path = typer.Option(Path("attention.png"), "--out", "-o", help="The figure to write (PNG)."),
     model: Optional[Path] = ModelOpt,
-    beam_size: int = typer.Option(1, "--beam-size"),
+    beam_size: Optional[int] = typer.Option(None, "--beam-size", help="Default: the bundle's own."),
     device: str = DeviceOpt,
 ) -> None:
     """Caption one image and draw each word's attention over the image regions."""

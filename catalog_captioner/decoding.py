@@ -64,33 +64,30 @@ class GreedyDecoder:
         self.max_length, self.keep_attention = max_length, keep_attention
 
     def decode(self, features: np.ndarray, keys: np.ndarray, hidden: np.ndarray) -> list[Hypothesis]:
-        n = features.shape[0]
-        results = [Hypothesis([], 0.0) for _ in range(n)]
-        attention = [[] for _ in range(n)]
+        n, regions = features.shape[0], features.shape[1]
+        words = np.zeros((n, self.max_length), np.int64)
+        lengths = np.full(n, self.max_length)
+        logprob = np.zeros(n)
+        attention = np.zeros((n, self.max_length, regions), np.float32) if self.keep_attention else None
         rows = np.arange(n)
         token = np.full(n, self.start, dtype=np.int64)
-        for _ in range(self.max_length):
+        for t in range(self.max_length):
             logits, hidden, att = self.step(token, features, keys, hidden)
             logp = log_softmax(logits)
             token = logp.argmax(axis=-1)
-            chosen = logp[np.arange(len(token)), token]
+            logprob[rows] += logp[np.arange(len(rows)), token]
+            words[rows, t] = token
+            if attention is not None:
+                attention[rows, t] = att
             done = token == self.end
-            for i, row in enumerate(rows):
-                results[row].logprob += float(chosen[i])
-                if self.keep_attention and not done[i]:
-                    attention[row].append(att[i])
-                if not done[i]:
-                    results[row].tokens.append(int(token[i]))
-            if done.all():
-                rows = rows[:0]
-                break
             if done.any():
+                lengths[rows[done]] = t
                 keep = ~done
                 rows, token, features, keys, hidden = rows[keep], token[keep], features[keep], keys[keep], hidden[keep]
-        if self.keep_attention:
-            for row in range(n):
-                results[row].attention = np.array(attention[row]) if attention[row] else np.zeros((0, features.shape[1]))
-        return results
+                if not len(rows):
+                    break
+        return [Hypothesis(words[i, :lengths[i]].tolist(), float(logprob[i]),
+                           attention[i, :lengths[i]] if attention is not None else None) for i in range(n)]
 
 
 class BeamSearchDecoder:

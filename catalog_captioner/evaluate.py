@@ -33,11 +33,12 @@ class EvaluateOptions:
     image_root: Path | None = None
     reference: Path | None = None
     limit: int | None = None
-    beam_size: int = 1
+    beam_size: int | None = None
     batch_size: int = 32
     device: str = "auto"
     contact_sheet: int = 24
     seed: int = 0
+    cache_dir: Path | None = None  # feature cache of the retrieval peer (as catcap train --cache-dir)
 
 
 def _words(value) -> list[str]:
@@ -105,13 +106,13 @@ def evaluate(options: EvaluateOptions, log=print) -> dict:
     references = kept[options.caption_col].tolist()
     predictions = [results[i].caption for i in ok]
     report = {"catalog": str(options.catalog), "model": str(captioner.bundle.path), "tokenizer": TOKENIZER,
-              "beam_size": options.beam_size, "skipped_images": len(frame) - len(ok),
+              "beam_size": captioner.decoding.beam_size, "skipped_images": len(frame) - len(ok),
               "model_metrics": score(predictions, references, kept)}
     peer_predictions = None
     if options.reference is not None:
         from train.retrieval import RetrievalPeer
 
-        peer = RetrievalPeer.fit(options.reference, options.caption_col, log=log)
+        peer = RetrievalPeer.fit(options.reference, options.caption_col, cache_dir=options.cache_dir, log=log)
         peer_predictions = peer.predict(kept[image_col].tolist(), root)
         report["retrieval_metrics"] = score(peer_predictions, references, kept)
         report["retrieval"] = peer.describe()

@@ -15,7 +15,7 @@ from catalog_captioner.captioner import Captioner
 from catalog_captioner.errors import UsageError
 
 
-def attention_figure(image_cell: str, out: Path, model: Path | None = None, beam_size: int = 1,
+def attention_figure(image_cell: str, out: Path, model: Path | None = None, beam_size: int | None = None,
                      device: str = "auto") -> str:
     """Caption ``image_cell`` and draw its attention panels to ``out``; returns the caption."""
     import matplotlib

@@ -15,7 +15,7 @@ import shutil
 import time
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -227,8 +227,7 @@ def run_catalog(options: RunOptions, captioner: Captioner, reporter: Reporter) -
     if not options.output.parent.exists():
         raise UsageError(f"the output folder {options.output.parent} does not exist")
 
-    root = options.image_root or options.input.resolve().parent
-    captioner.loading = images.LoadOptions(**{**asdict(captioner.loading), "image_root": root})
+    loading = replace(captioner.loading, image_root=options.image_root or options.input.resolve().parent)
     store = PartStore(options.output, _fingerprint(options, captioner, image_col, out_fmt), options.resume, reporter)
     writer = catalog.PartWriter(out_fmt, columns, reader.columns, reader)
     summary = RunSummary(output=str(options.output), provider=captioner.model.provider)
@@ -242,7 +241,7 @@ def run_catalog(options: RunOptions, captioner: Captioner, reporter: Reporter) -
     started = time.perf_counter()
     processed = 0
     with ThreadPoolExecutor(max_workers=options.workers, thread_name_prefix="catcap-load") as pool:
-        loader = ChunkLoader(pool, captioner.input_size, captioner.loading)
+        loader = ChunkLoader(pool, captioner.input_size, loading)
         chunks = (c for c in _limited(reader.chunks(options.chunk_size, image_col), options.limit) if c.index >= skip)
         current = next(chunks, None)
         if current is None and skip == 0:  # an empty catalog still gets its header

@@ -22,8 +22,9 @@ import tf2onnx
 from catalog_captioner import bundle as bundles
 from catalog_captioner import images
 from catalog_captioner.errors import CatcapError, UsageError
+from export.compress import round_decoder_weights, store_float16
 from export.keras_model import TrainedRun, load_run
-from export.parity import check_parity
+from export.parity import check_parity, greedy_tokens
 
 OPSET = 17
 # ONNX names of the decoder outputs (an output may not reuse the input name "hidden").
@@ -43,6 +44,7 @@ class ExportOptions:
     min_greedy_match: float = 0.99
     name: str | None = None
     length_penalty: float = 0.6
+    decoder_float16: bool = True  # store decoder weights as float16 (see export.compress)
 
 
 def _rename_outputs(path: Path, names: list[str]) -> None:
@@ -57,15 +59,20 @@ def _rename_outputs(path: Path, names: list[str]) -> None:
     onnx.save(model, str(path))
 
 
-def convert(run: TrainedRun, folder: Path) -> dict:
+def convert(run: TrainedRun, folder: Path, decoder_float16: bool = False) -> dict:
     encoder_path, decoder_path = folder / "encoder.onnx", folder / "decoder.onnx"
+    storage = {"decoder_weights": "float32"}
+    if decoder_float16:
+        storage["rounded_values"] = round_decoder_weights(run.model)
     fn = run.encoder_function()
     tf2onnx.convert.from_function(fn, input_signature=fn.input_signature, opset=OPSET, output_path=str(encoder_path))
     _rename_outputs(encoder_path, list(bundles.ENCODER_OUTPUTS))
     fn = run.decoder_function()
     tf2onnx.convert.from_function(fn, input_signature=fn.input_signature, opset=OPSET, output_path=str(decoder_path))
     _rename_outputs(decoder_path, [DECODER_OUTPUT_NAMES[k] for k in bundles.DECODER_OUTPUTS])
-    return {"encoder": encoder_path, "decoder": decoder_path}
+    if decoder_float16:
+        storage.update(store_float16(decoder_path), decoder_weights="float16 storage, float32 arithmetic")
+    return storage
 
 
 def _input_names(path: Path) -> list[str]:
@@ -81,7 +88,7 @@ def _named(names: list[str], role: str) -> str:
     raise ExportError(f"the exported graph has no input named {role!r} (inputs: {', '.join(names)})")
 
 
-def write_record(run: TrainedRun, folder: Path, parity: dict, options: ExportOptions) -> dict:
+def write_record(run: TrainedRun, folder: Path, parity: dict, options: ExportOptions, storage: dict) -> dict:
     enc_inputs, dec_inputs = _input_names(folder / "encoder.onnx"), _input_names(folder / "decoder.onnx")
     record = {
         "format": bundles.FORMAT,
@@ -117,7 +124,7 @@ def write_record(run: TrainedRun, folder: Path, parity: dict, options: ExportOpt
                      "backbone": run.record.get("backbone", {}), "model": run.record.get("model", {})},
         "metrics": run.record.get("metrics", {}),
         "parity": parity,
-        "export": {"tool": f"tf2onnx {tf2onnx.__version__}", "opset": OPSET, "onnx": onnx.__version__},
+        "export": {"tool": f"tf2onnx {tf2onnx.__version__}", "opset": OPSET, "onnx": onnx.__version__, **storage},
     }
     (folder / "model.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     return record
@@ -132,7 +139,11 @@ def export(options: ExportOptions, log=None) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        convert(run, staging)
+        reference = greedy_tokens(run, options.parity_images) if options.decoder_float16 else None
+        storage = convert(run, staging, options.decoder_float16)
+        if reference is not None:
+            rounded = greedy_tokens(run, options.parity_images)
+            storage["greedy_match_after_rounding"] = float(np.mean([a == b for a, b in zip(reference, rounded)]))
         log(f"converted: encoder {os.path.getsize(staging / 'encoder.onnx') / 1e6:.1f} MB, "
             f"decoder {os.path.getsize(staging / 'decoder.onnx') / 1e6:.1f} MB")
         parity = check_parity(run, staging, options.parity_images)
@@ -143,7 +154,7 @@ def export(options: ExportOptions, log=None) -> Path:
                               f"(limit {options.max_abs_diff:g}), greedy_match {parity['greedy_match']:.3f} "
                               f"(limit {options.min_greedy_match:g}); nothing was written to {out}")
         parity.update(limit_max_abs_diff=options.max_abs_diff, limit_greedy_match=options.min_greedy_match)
-        write_record(run, staging, parity, options)
+        write_record(run, staging, parity, options, storage)
         bundles.ModelBundle.load(staging)  # the bundle must pass the runtime's own checks
         if out.exists():
             shutil.rmtree(out)

@@ -144,3 +144,19 @@ def test_inception_resnet_v2_takes_a_local_weights_file(tmp_path):
     assert np.allclose(net.weights[0].numpy(), reference.weights[0].numpy())
     with pytest.raises(Exception, match="is not a file"):
         build_backbone("inception_resnet_v2", str(tmp_path / "nope.h5"), 75)
+
+
+def test_decoder_weights_are_stored_as_float16_without_changing_the_arithmetic(tiny_bundle):
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(tiny_bundle / "decoder.onnx")).graph
+    halves = [i for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT16]
+    assert halves and all(i.name.endswith("__f16") for i in halves)
+    casts = {n.input[0] for n in graph.node if n.op_type == "Cast"}
+    assert {i.name for i in halves} <= casts  # each is cast back to float32 before use
+    assert sum(numpy_helper.to_array(i).size for i in halves) > 0.9 * sum(
+        numpy_helper.to_array(i).size for i in graph.initializer)
+    record = json.loads((tiny_bundle / "model.json").read_text())
+    assert record["export"]["decoder_weights"] == "float16 storage, float32 arithmetic"
+    assert record["parity"]["max_abs_diff"] <= 1e-4  # against Keras with the same rounded weights

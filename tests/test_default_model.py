@@ -1,0 +1,49 @@
+"""The embedded default model: ships in the package, loads offline, captions real product photos well."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from catalog_captioner import Captioner, ModelBundle, default_model_dir
+from tests.conftest import SHARED, catcap, draw_product
+
+
+def test_the_default_bundle_ships_inside_the_package_and_loads_offline():
+    bundle = ModelBundle.load()  # no path: the embedded bundle, checksums verified
+    assert bundle.path == default_model_dir()
+    record = bundle.record
+    assert record["backbone"] == "efficientnet_lite0"
+    assert record["parity"]["max_abs_diff"] <= 1e-4 and record["parity"]["greedy_match"] >= 0.99
+    model, peer = record["metrics"]["model"], record["metrics"]["retrieval_peer"]
+    for key in ("bleu4", "cider", "colour_acc", "gender_acc", "article_acc"):
+        assert model[key] > peer[key], f"the default model must beat retrieval on {key}"
+    size = sum(f.stat().st_size for f in default_model_dir().iterdir())
+    assert size < 30e6
+
+
+def test_catcap_run_without_model_uses_the_default(tmp_path):
+    for i, (colour, shape) in enumerate([("red", "square"), ("blue", "circle")]):
+        draw_product(colour, shape, size=224, seed=i).save(tmp_path / f"{i}.png")
+    (tmp_path / "c.csv").write_text("sku,image\n001,0.png\n002,1.png\n")
+    catcap("run", tmp_path / "c.csv", "--out", tmp_path / "o.csv")
+    frame = pd.read_csv(tmp_path / "o.csv", dtype=str, keep_default_na=False)
+    assert frame["caption_status"].tolist() == ["ok", "ok"] and all(frame["caption"] != "")
+    assert frame["sku"].tolist() == ["001", "002"]
+
+
+@pytest.mark.skipif(not (SHARED / "catalog.csv").is_file(),
+                    reason="../shared/datasets/fashion-products is absent: the real-photo check needs it")
+def test_the_default_model_names_colour_gender_and_article_of_real_validation_photos():
+    from catalog_captioner.evaluate import score
+
+    record = ModelBundle.load().record
+    val_ids = set(record["metrics"]["validation_ids_sample"])
+    frame = pd.read_csv(SHARED / "catalog.csv", dtype=str, keep_default_na=False)
+    frame = frame[frame["id"].isin(val_ids)].head(300)
+    assert len(frame) >= 100
+    captioner = Captioner.load(device="cpu", image_root=SHARED)
+    results = captioner.caption(frame["image"].tolist())
+    assert all(r.status == "ok" for r in results)
+    metrics = score([r.caption for r in results], frame["caption"].tolist(), frame)
+    assert metrics["gender_acc"] >= 0.9 and metrics["colour_acc"] >= 0.6 and metrics["article_acc"] >= 0.7, metrics
