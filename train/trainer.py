@@ -182,17 +182,8 @@ def train(options: TrainOptions, log=None) -> Path:
 
     out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
-    stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=options.patience,
-                                            restore_best_weights=True, verbose=1)
-    history = model.fit(dataset(train_idx, True), validation_data=dataset(val_idx, False), epochs=options.epochs,
-                        callbacks=[stopper, keras.callbacks.CSVLogger(str(out / "history.csv"))],
-                        verbose=options.verbose)
-    val_losses = history.history["val_loss"]
-    best_epoch = int(np.argmin(val_losses)) + 1
-    epochs_run = len(val_losses)
-    stop_reason = (f"validation loss did not improve for {options.patience} epochs after epoch {best_epoch}"
-                   if stopper.stopped_epoch else f"reached --epochs {options.epochs}")
-    model.save_weights(str(out / "model.weights.h5"))
+    # Everything but the decoder weights is written first, and the best weights after every
+    # improving epoch, so an interrupted run can still be exported.
     backbone.bottom.save_weights(str(out / "backbone.weights.h5"))
     for name, index in (("train.csv", train_idx), ("val.csv", val_idx)):
         write_split(frame.iloc[index], data.image_col, data.image_root, out / name)
@@ -212,11 +203,28 @@ def train(options: TrainOptions, log=None) -> Path:
                  "image_root": str(data.image_root), "rows": int(len(data.frame) + data.skipped_empty),
                  "empty_captions_skipped": data.skipped_empty, "images_skipped": dict(failures),
                  "train_images": int(len(train_idx)), "val_images": int(len(val_idx)), "feature_cache": cache_stats},
-        "training": {"epochs_run": epochs_run, "best_epoch": best_epoch, "stopped": stop_reason,
-                     "best_val_loss": float(min(val_losses)), "final_train_loss": float(history.history["loss"][-1]),
-                     "seconds": round(time.time() - started, 1),
+        "training": {"status": "running",
                      "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items()}},
     }
+    (out / "config.json").write_text(json.dumps(record, indent=2))
+    stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=options.patience,
+                                            restore_best_weights=True, verbose=1)
+    checkpoint = keras.callbacks.ModelCheckpoint(str(out / "model.weights.h5"), monitor="val_loss",
+                                                 save_best_only=True, save_weights_only=True)
+    history = model.fit(dataset(train_idx, True), validation_data=dataset(val_idx, False), epochs=options.epochs,
+                        callbacks=[stopper, checkpoint, keras.callbacks.CSVLogger(str(out / "history.csv"))],
+                        verbose=options.verbose)
+    val_losses = history.history["val_loss"]
+    best_epoch = int(np.argmin(val_losses)) + 1
+    epochs_run = len(val_losses)
+    stop_reason = (f"validation loss did not improve for {options.patience} epochs after epoch {best_epoch}"
+                   if stopper.stopped_epoch else f"reached --epochs {options.epochs}")
+    model.save_weights(str(out / "model.weights.h5"))  # the best epoch's (restored by early stopping)
+    record["training"].update(status="finished", epochs_run=epochs_run, best_epoch=best_epoch, stopped=stop_reason,
+                              best_val_loss=float(min(val_losses)),
+                              best_val_caption_loss=float(history.history.get("val_caption_loss", val_losses)[best_epoch - 1]),
+                              final_train_loss=float(history.history["loss"][-1]),
+                              seconds=round(time.time() - started, 1))
     (out / "config.json").write_text(json.dumps(record, indent=2))
     plot_history(history.history, best_epoch, stop_reason, out / "loss.png")
     log(f"best epoch {best_epoch}/{epochs_run} (val loss {min(val_losses):.4f}); {stop_reason}; wrote {out}")
