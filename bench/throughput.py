@@ -128,7 +128,7 @@ def peak_rss_mb(catalog: Path, out: Path, model: str | None, batch: int) -> floa
     code = ("import resource, sys; from pathlib import Path; "
             "from catalog_captioner.captioner import Captioner; from catalog_captioner.progress import Reporter; "
             "from catalog_captioner.run import RunOptions, run_catalog; "
-            f"c = Captioner.load({model!r}, device='cpu'); "
+            f"c = Captioner.load({model!r}, device='cpu', beam_size=1); "
             f"run_catalog(RunOptions(input=Path({str(catalog)!r}), output=Path({str(out)!r}), batch_size={batch}), "
             "c, Reporter(quiet=True)); "
             # VmHWM: this process's own peak (ru_maxrss would include the pre-exec fork of the parent)
@@ -169,9 +169,11 @@ def main() -> None:
     parser.add_argument("--rss-scale", type=int, default=10)
     parser.add_argument("--profile", action="store_true", help="print a cProfile of the end-to-end run")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--spinning", choices=("on", "off"), default="on",
+                        help="ONNX Runtime worker threads busy-wait between ops (on) or yield (off)")
     args = parser.parse_args()
 
-    captioner = Captioner.load(args.model, device=args.device)
+    captioner = Captioner.load(args.model, device=args.device, beam_size=1, spinning=args.spinning == "on")
     bundle = captioner.bundle
     tmp = Path(tempfile.mkdtemp(prefix="catcap-bench-"))
     cells, source = image_paths(args.images, tmp)
@@ -205,7 +207,8 @@ def main() -> None:
     if keras_s is not None:
         rows.append(("keras (TensorFlow, Python greedy loop)", keras_s))
     print(f"catcap throughput: {source}; bundle {bundle.record.get('name')} ({bundle.record.get('backbone')}, "
-          f"{bundle.input_size} px); batch {args.batch_size}; provider {captioner.model.provider}; "
+          f"{bundle.input_size} px); greedy; batch {args.batch_size}; spinning {args.spinning}; "
+          f"provider {captioner.model.provider}; "
           f"{os.cpu_count()} CPUs")
     print(f"{'measurement':<45} {'seconds':>9} {'images/s':>9} {'ms/image':>9}")
     for label, seconds in rows:

@@ -50,9 +50,9 @@ class Captioner:
     @classmethod
     def load(cls, model_dir: str | Path | None = None, *, device: str = "auto", beam_size: int | None = None,
              max_length: int | None = None, threads: int = 0, image_root: str | Path | None = None,
-             keep_attention: bool = False) -> "Captioner":
+             keep_attention: bool = False, spinning: bool = True) -> "Captioner":
         bundle = ModelBundle.load(model_dir)
-        model = open_model(bundle, DeviceOptions(device=device, threads=threads))
+        model = open_model(bundle, DeviceOptions(device=device, threads=threads, spinning=spinning))
         defaults = bundle.record.get("decoding", {})
         if beam_size is None:  # the decoding the bundle's metrics were measured with
             beam_size = int(defaults.get("default_beam_size", 1))

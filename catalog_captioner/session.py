@@ -19,6 +19,7 @@ class DeviceOptions:
 
     device: str = "auto"
     threads: int = 0  # 0: ONNX Runtime's choice (all cores)
+    spinning: bool = True  # ORT worker threads busy-wait between ops (see bench/throughput.py)
 
 
 @dataclass
@@ -32,8 +33,10 @@ class OnnxModel:
     notice: str | None = None
 
 
-def _session_options(threads: int) -> ort.SessionOptions:
+def _session_options(threads: int, spinning: bool = True) -> ort.SessionOptions:
     options = ort.SessionOptions()
+    if not spinning:  # idle ORT threads yield the cores to the image loaders
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3  # provider-probe chatter is ours to summarise
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
@@ -41,9 +44,10 @@ def _session_options(threads: int) -> ort.SessionOptions:
     return options
 
 
-def _create(path, providers, threads) -> ort.InferenceSession:
+def _create(path, providers, options: DeviceOptions) -> ort.InferenceSession:
     try:
-        return ort.InferenceSession(str(path), sess_options=_session_options(threads), providers=providers)
+        return ort.InferenceSession(str(path), sess_options=_session_options(options.threads, options.spinning),
+                                    providers=providers)
     except Exception as err:  # onnxruntime raises its own exception types for bad graphs
         raise BundleError(f"ONNX Runtime cannot load {path.name}: {str(err).splitlines()[0]}") from None
 
@@ -59,9 +63,9 @@ def open_model(bundle: ModelBundle, options: DeviceOptions = DeviceOptions()) ->
             # A failed CUDA probe logs a multi-line error through ORT's process-wide logger;
             # we report the outcome in one line ourselves.
             ort.set_default_logger_severity(4)
-            encoder = _create(bundle.encoder_file, [CUDA, CPU], options.threads)
+            encoder = _create(bundle.encoder_file, [CUDA, CPU], options)
             if encoder.get_providers()[0] == CUDA:
-                decoder = _create(bundle.decoder_file, [CUDA, CPU], options.threads)
+                decoder = _create(bundle.decoder_file, [CUDA, CPU], options)
                 provider = CUDA
             else:
                 notice = ("onnxruntime-gpu could not start a CUDA session (no GPU, or CUDA 13/cuDNN 9 libraries missing: "
@@ -71,8 +75,8 @@ def open_model(bundle: ModelBundle, options: DeviceOptions = DeviceOptions()) ->
         if provider != CUDA and options.device == "cuda":
             raise DeviceError(f"--device cuda was asked for, but {notice.split(';')[0]}")
     if provider == CPU:
-        encoder = _create(bundle.encoder_file, [CPU], options.threads)
-        decoder = _create(bundle.decoder_file, [CPU], options.threads)
+        encoder = _create(bundle.encoder_file, [CPU], options)
+        decoder = _create(bundle.decoder_file, [CPU], options)
     _check_graphs(bundle, encoder, decoder)
     return OnnxModel(bundle, encoder, decoder, provider, notice if options.device == "auto" else None)
 

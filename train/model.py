@@ -23,6 +23,7 @@ class ModelConfig:
     units: int = 512
     attention_units: int = 256
     dropout: float = 0.0
+    feature_norm: bool = True  # LayerNorm on the region features: O(1) values, so ONNX parity holds to 1e-4
     attributes: tuple[tuple[str, int], ...] = ()  # auxiliary heads: (column, classes)
 
     def to_dict(self) -> dict:
@@ -32,6 +33,7 @@ class ModelConfig:
     def from_dict(cls, data: dict) -> "ModelConfig":
         data = dict(data)
         data["attributes"] = tuple(tuple(a) for a in data.get("attributes", ()))
+        data.setdefault("feature_norm", False)  # runs made before the option existed
         return cls(**data)
 
 
@@ -62,6 +64,7 @@ class CaptionModel(keras.Model):
         self.config = config
         self.backbone_top = backbone_top
         self.project_features = layers.Dense(config.feature_dim, activation="relu", name="encoder_dense")
+        self.feature_norm = layers.LayerNormalization(name="feature_norm") if config.feature_norm else None
         self.init_state = layers.Dense(config.units, activation="tanh", name="init_state")
         self.embedding = layers.Embedding(config.vocab_size, config.embedding_dim, name="embedding")
         self.attention = BahdanauAttention(config.attention_units, name="attention")
@@ -78,6 +81,8 @@ class CaptionModel(keras.Model):
         n_regions = fmap.shape[1] * fmap.shape[2]
         regions = ops.reshape(fmap, (-1, n_regions, fmap.shape[3]))
         features = self.project_features(regions)
+        if self.feature_norm is not None:
+            features = self.feature_norm(features)
         if self.drop is not None:
             features = self.drop(features, training=training)
         keys = self.attention.project(features)
