@@ -14,9 +14,11 @@ import os
 import shutil
 import time
 from collections import Counter
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -164,13 +166,20 @@ def _truncate(chunk: catalog.Chunk, n: int) -> catalog.Chunk:
                          {k: v for k, v in chunk.bad_rows.items() if k < n})
 
 
-class ChunkLoader:
-    """Submits a chunk's image loads to a thread pool; results come back in row order."""
+class ImageLoader:
+    """Loads catalog cells on a thread pool, a bounded window ahead of the model.
 
-    def __init__(self, pool: ThreadPoolExecutor, size: int, options: images.LoadOptions):
-        self.pool, self.size, self.options = pool, size, options
+    At most ``depth`` images are loading or waiting at any time, across chunk
+    boundaries, so memory does not grow with the chunk size or the catalog, while
+    the next batches decode (or download) as ONNX Runtime works on the current one.
+    """
+
+    def __init__(self, pool: ThreadPoolExecutor, size: int, options: images.LoadOptions, depth: int):
+        self.pool, self.size, self.options, self.depth = pool, size, options, max(1, depth)
 
     def _load(self, cell):
+        if cell is _BAD_ROW:
+            return None
         try:
             return images.load(cell, self.size, self.options)
         except images.ImageFailure as failure:
@@ -178,36 +187,52 @@ class ChunkLoader:
         except Exception as err:  # a loader bug must still only cost its row
             return images.ImageFailure("unreadable", f"unexpected {type(err).__name__}: {err}")
 
-    def submit(self, chunk: catalog.Chunk) -> list[Future]:
-        return [self.pool.submit(self._load, None if i in chunk.bad_rows else cell)
-                for i, cell in enumerate(chunk.image_cells)]
+    def stream(self, chunks) -> Iterator[tuple[catalog.Chunk, int, Future]]:
+        """(chunk, row, future) for every row of every chunk, in order."""
+        window: deque = deque()
+        for chunk in chunks:
+            for row, cell in enumerate(chunk.image_cells):
+                job = self.pool.submit(self._load, _BAD_ROW if row in chunk.bad_rows else cell)
+                window.append((chunk, row, job))
+                if len(window) > self.depth:
+                    yield window.popleft()
+        while window:
+            yield window.popleft()
 
 
-def caption_chunk(captioner: Captioner, chunk: catalog.Chunk, futures: list[Future], batch_size: int) -> catalog.Results:
-    n = chunk.rows
-    captions, scores = [""] * n, [0.0] * n
-    statuses, errors = ["ok"] * n, [""] * n
-    pending: list[tuple[int, np.ndarray]] = []
+_BAD_ROW = object()
 
-    def flush():
-        results = captioner.caption_pixels(np.stack([p for _, p in pending]))
-        for (row, _), result in zip(pending, results):
-            captions[row], scores[row] = result.caption, result.score
-        pending.clear()
 
-    for row, future in enumerate(futures):
-        value = future.result()
-        if row in chunk.bad_rows:
-            statuses[row], errors[row] = "bad_row", chunk.bad_rows[row]
+class ChunkCaptions:
+    """Collects one chunk's rows into model batches and its four result columns."""
+
+    def __init__(self, captioner: Captioner, chunk: catalog.Chunk, batch_size: int):
+        n = chunk.rows
+        self.captioner, self.chunk, self.batch_size = captioner, chunk, batch_size
+        self.results = catalog.Results([""] * n, [0.0] * n, ["ok"] * n, [""] * n)
+        self.pending: list[tuple[int, np.ndarray]] = []
+
+    def add(self, row: int, value) -> None:
+        results = self.results
+        if row in self.chunk.bad_rows:
+            results.statuses[row], results.errors[row] = "bad_row", self.chunk.bad_rows[row]
         elif isinstance(value, images.ImageFailure):
-            statuses[row], errors[row] = value.kind, str(value)
+            results.statuses[row], results.errors[row] = value.kind, str(value)
         else:
-            pending.append((row, value))
-            if len(pending) == batch_size:
-                flush()
-    if pending:
-        flush()
-    return catalog.Results(captions, scores, statuses, errors)
+            self.pending.append((row, value))
+            if len(self.pending) == self.batch_size:
+                self._flush()
+
+    def _flush(self) -> None:
+        captions = self.captioner.caption_pixels(np.stack([p for _, p in self.pending]))
+        for (row, _), result in zip(self.pending, captions):
+            self.results.captions[row], self.results.scores[row] = result.caption, result.score
+        self.pending.clear()
+
+    def finish(self) -> catalog.Results:
+        if self.pending:
+            self._flush()
+        return self.results
 
 
 def run_catalog(options: RunOptions, captioner: Captioner, reporter: Reporter) -> RunSummary:
@@ -240,27 +265,25 @@ def run_catalog(options: RunOptions, captioner: Captioner, reporter: Reporter) -
     reporter.start(total, already=summary.rows, label=options.input.name)
     started = time.perf_counter()
     processed = 0
+    depth = max(2 * options.batch_size, 2 * options.workers)
     with ThreadPoolExecutor(max_workers=options.workers, thread_name_prefix="catcap-load") as pool:
-        loader = ChunkLoader(pool, captioner.input_size, loading)
+        loader = ImageLoader(pool, captioner.input_size, loading, depth)
         chunks = (c for c in _limited(reader.chunks(options.chunk_size, image_col), options.limit) if c.index >= skip)
-        current = next(chunks, None)
-        if current is None and skip == 0:  # an empty catalog still gets its header
-            empty = _empty_chunk(reader, image_col, options.chunk_size)
-            tmp = store.new_part_path(0)
-            writer.write(tmp, empty, catalog.Results([], [], [], []), first=True)
-            store.commit(tmp, 0, 0, [])
-        futures = loader.submit(current) if current is not None else []
-        while current is not None:
-            upcoming = next(chunks, None)
-            upcoming_futures = loader.submit(upcoming) if upcoming is not None else []  # prefetch
-            results = caption_chunk(captioner, current, futures, options.batch_size)
-            tmp = store.new_part_path(current.index)
-            writer.write(tmp, current, results, first=current.index == 0)
-            store.commit(tmp, current.index, current.rows, results.statuses)
-            summary.add(results.statuses)
-            processed += current.rows
-            reporter.advance(current.rows, summary)
-            current, futures = upcoming, upcoming_futures
+        current: ChunkCaptions | None = None
+        for chunk, row, job in loader.stream(chunks):
+            if current is None or current.chunk is not chunk:
+                current = ChunkCaptions(captioner, chunk, options.batch_size)
+            current.add(row, job.result())
+            if row == chunk.rows - 1:
+                results = current.finish()
+                tmp = store.new_part_path(chunk.index)
+                writer.write(tmp, chunk, results, first=chunk.index == 0)
+                store.commit(tmp, chunk.index, chunk.rows, results.statuses)
+                summary.add(results.statuses)
+                processed += chunk.rows
+                reporter.advance(chunk.rows, summary)
+    if not store.parts:  # an empty catalog still gets its header
+        _write_header_only(reader, image_col, writer, store)
     summary.seconds = round(time.perf_counter() - started, 3)
     summary.images_per_s = round(processed / summary.seconds, 2) if summary.seconds > 0 else 0.0
     tmp_out = options.output.with_name(f".{options.output.name}.catcap-tmp")
@@ -275,7 +298,13 @@ def run_catalog(options: RunOptions, captioner: Captioner, reporter: Reporter) -
     return summary
 
 
-def _empty_chunk(reader, image_col: str, size: int) -> catalog.Chunk:
+def _write_header_only(reader, image_col: str, writer: catalog.PartWriter, store: PartStore) -> None:
+    tmp = store.new_part_path(0)
+    writer.write(tmp, _empty_chunk(reader), catalog.Results([], [], [], []), first=True)
+    store.commit(tmp, 0, 0, [])
+
+
+def _empty_chunk(reader) -> catalog.Chunk:
     if isinstance(reader, catalog.CsvReader):
         return catalog.Chunk(0, 0, [], pd.DataFrame(columns=reader.columns, dtype=str), {})
     if isinstance(reader, catalog.ParquetReader):

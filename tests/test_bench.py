@@ -16,6 +16,7 @@ def test_benchmark_prints_its_table_and_summary_line(tiny_bundle, tiny_run):
     lines = result.stdout.strip().splitlines()
     assert any(line.startswith("model (ONNX Runtime") for line in lines)
     assert any(line.startswith("keras (TensorFlow") for line in lines)
+    assert any(line.startswith("  keras, same loop batched") for line in lines)
     pattern = (r"endtoend_over_model=\d+\.\d+ onnx_over_keras=\d+\.\d+ decoder_share=\d+\.\d+ "
                r"images_per_s=\d+\.\d+ rss_growth=\d+\.\d+")
     assert re.fullmatch(pattern, lines[-1]), lines[-1]
