@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Train, export, evaluate and embed the default model (about 1.5 h on 2 CPU cores).
+# Train, export, evaluate and embed the default model (about 1 h on 2 CPU cores).
 # Needs ../shared/datasets/fashion-products and the training extra (bash scripts/install.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -7,8 +7,11 @@ DATA=${DATA:-../shared/datasets/fashion-products/catalog.csv}
 RUN=${RUN:-runs/default}
 BEAM=${BEAM:-3}
 .venv/bin/catcap train "$DATA" --out "$RUN" --fine-tune-blocks 1 \
-    --attribute-cols gender,baseColour,subCategory --epochs 30 --patience 3 --seed 13
-.venv/bin/catcap export "$RUN" --out "$RUN-bundle"
+    --attribute-cols gender,baseColour,subCategory --dropout 0.3 --label-smoothing 0.1 \
+    --epochs 30 --patience 3 --seed 13
+# Encoder features of this model differ from Keras by ~1.1e-4 (float32 round-off, 1.3e-5 relative);
+# see the README's "Parity and size decisions".
+.venv/bin/catcap export "$RUN" --out "$RUN-bundle" --max-abs-diff 2e-4
 .venv/bin/catcap evaluate "$RUN/val.csv" --model "$RUN-bundle" --reference "$RUN/train.csv" \
     --out "$RUN-eval" --beam-size "$BEAM"
 .venv/bin/python scripts/embed_default_model.py "$RUN-bundle" "$RUN-eval/report.json" "$RUN/val.csv" --beam-size "$BEAM"
