@@ -167,6 +167,8 @@ def export(
     parity_images: int = typer.Option(64, "--parity-images", help="Validation images for the parity check."),
     max_abs_diff: float = typer.Option(1e-4, "--max-abs-diff"),
     min_greedy_match: float = typer.Option(0.99, "--min-greedy-match"),
+    length_penalty: float = typer.Option(0.6, "--length-penalty", help="Beam search's GNMT length penalty "
+                                         "recorded as the bundle's default."),
     decoder_float16: bool = typer.Option(True, "--decoder-float16/--decoder-float32",
                                          help="Store decoder weights as float16 (half the file; arithmetic stays "
                                          "float32; Keras weights are rounded the same way before the parity check)."),
@@ -181,7 +183,7 @@ def export(
     try:
         exporter.export(exporter.ExportOptions(run_dir=run_dir, out=out, parity_images=parity_images,
                                                max_abs_diff=max_abs_diff, min_greedy_match=min_greedy_match,
-                                               decoder_float16=decoder_float16))
+                                               decoder_float16=decoder_float16, length_penalty=length_penalty))
     except CatcapError as err:
         _fail(err)
 
