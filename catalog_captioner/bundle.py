@@ -141,6 +141,8 @@ class ModelBundle:
         """The parts of the record a person asks about first (``catcap info``)."""
         keys = ("name", "backbone", "created", "training", "metrics", "parity", "export")
         out = {k: self.record[k] for k in keys if k in self.record}
+        if isinstance(out.get("metrics"), dict):  # the id sample is for tests, not for people
+            out["metrics"] = {k: v for k, v in out["metrics"].items() if k != "validation_ids_sample"}
         out.update(
             path=str(self.path),
             input_size=self.input_size,
