@@ -126,7 +126,7 @@ def cli_startup(model: str | None) -> float:
 
 
 def peak_rss_mb(catalog: Path, out: Path, model: str | None, batch: int) -> float:
-    code = ("import resource, sys; from pathlib import Path; "
+    code = ("from pathlib import Path; "
             "from catalog_captioner.captioner import Captioner; from catalog_captioner.progress import Reporter; "
             "from catalog_captioner.run import RunOptions, run_catalog; "
             f"c = Captioner.load({model!r}, device='cpu', beam_size=1); "

@@ -194,11 +194,7 @@ def read_table(path: Path, image_col: str | None, fmt: str | None = None,
     column = detect_image_column(reader.columns, image_col)
     frames, rows = [], 0
     for chunk in reader.chunks(8192, column):
-        frame = chunk.payload
-        if isinstance(frame, pa.RecordBatch):
-            frame = frame.to_pandas()
-        elif not isinstance(frame, pd.DataFrame):
-            frame = pd.DataFrame.from_records(frame, columns=reader.columns)
+        frame = _frame_of(chunk, reader)
         frames.append(frame.astype(str).where(frame.notna(), ""))
         rows += len(frame)
         if limit is not None and rows >= limit:

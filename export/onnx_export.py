@@ -24,7 +24,7 @@ from catalog_captioner import images
 from catalog_captioner.errors import CatcapError, UsageError
 from export.compress import round_decoder_weights, store_float16
 from export.keras_model import TrainedRun, load_run
-from export.parity import check_parity, greedy_tokens
+from export.parity import check_parity, greedy_tokens, validation_pixels
 
 OPSET = 17
 # ONNX names of the decoder outputs (an output may not reuse the input name "hidden").
@@ -139,14 +139,15 @@ def export(options: ExportOptions, log=None) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        reference = greedy_tokens(run, options.parity_images) if options.decoder_float16 else None
+        pixels = validation_pixels(run, options.parity_images)  # loaded once for every check below
+        reference = greedy_tokens(run, pixels) if options.decoder_float16 else None
         storage = convert(run, staging, options.decoder_float16)
         if reference is not None:
-            rounded = greedy_tokens(run, options.parity_images)
+            rounded = greedy_tokens(run, pixels)
             storage["greedy_match_after_rounding"] = float(np.mean([a == b for a, b in zip(reference, rounded)]))
         log(f"converted: encoder {os.path.getsize(staging / 'encoder.onnx') / 1e6:.1f} MB, "
             f"decoder {os.path.getsize(staging / 'decoder.onnx') / 1e6:.1f} MB")
-        parity = check_parity(run, staging, options.parity_images)
+        parity = check_parity(run, staging, pixels)
         log(f"parity on {parity['images']} validation images: max |diff| features {parity['max_abs_diff_features']:.2e}, "
             f"logits {parity['max_abs_diff_logits']:.2e}; greedy captions identical {parity['greedy_match']:.3f}")
         if parity["max_abs_diff"] > options.max_abs_diff or parity["greedy_match"] < options.min_greedy_match:

@@ -48,17 +48,15 @@ class OnnxStep:
         return self.session.run(["logits", "next_hidden", "attention"], feeds)
 
 
-def greedy_tokens(run: TrainedRun, n_images: int) -> list[list[int]]:
+def greedy_tokens(run: TrainedRun, pixels: np.ndarray) -> list[list[int]]:
     """Keras greedy captions (token ids) of the parity images, e.g. before and after rounding."""
-    pixels = validation_pixels(run, n_images)
     outs = [np.asarray(t) for t in run.encoder_function()(pixels)]
     vocab = run.vocabulary
     return [h.tokens for h in GreedyDecoder(KerasStep(run), vocab.start_id, vocab.end_id,
                                             run.config.max_length).decode(*outs)]
 
 
-def check_parity(run: TrainedRun, folder: Path, n_images: int) -> dict:
-    pixels = validation_pixels(run, n_images)
+def check_parity(run: TrainedRun, folder: Path, pixels: np.ndarray) -> dict:
     encoder = ort.InferenceSession(str(folder / "encoder.onnx"), providers=["CPUExecutionProvider"])
     decoder = ort.InferenceSession(str(folder / "decoder.onnx"), providers=["CPUExecutionProvider"])
     keras_out = [np.asarray(t) for t in run.encoder_function()(pixels)]
