@@ -79,9 +79,9 @@ def measure_model(captioner: Captioner, pixels: np.ndarray, batch: int) -> tuple
         nonlocal decoder_time
         decoder_time = 0.0
         for start in range(0, len(pixels), batch):
-            features, keys, hidden = captioner.encode(pixels[start:start + batch])
+            memory, hidden = captioner.encode(pixels[start:start + batch])
             t = time.perf_counter()
-            captioner._decoder.decode(features, keys, hidden)
+            captioner._decoder.decode(memory, hidden)
             decoder_time += time.perf_counter() - t
 
     once()  # warm-up
@@ -150,15 +150,22 @@ def measure_keras(run_dir: Path, pixels: np.ndarray, batch: int, max_length: int
 
     from export.keras_model import load_run
 
+    from train.neighbours import embed
+
     run = load_run(run_dir)
-    model, bottom, vocab = run.model, run.backbone.bottom, run.vocabulary
+    model, bottom, vocab, index = run.model, run.backbone.bottom, run.vocabulary, run.index()
 
     def caption(x):
-        features, keys, hidden = model.encode(bottom(tf.convert_to_tensor(x.astype(np.float32)), training=False))
+        cached = bottom(tf.convert_to_tensor(x.astype(np.float32)), training=False)
+        features, keys, hidden = model.encode(cached)
+        memory = None
+        if index is not None:  # the same retrieval as the runtime, then the Keras text memory
+            neighbours, similarity = index.search(embed(np.asarray(cached)), run.config.neighbours)
+            memory = model.text_memory(neighbours, similarity)
         token = tf.fill([x.shape[0]], vocab.start_id)
         alive = np.ones(x.shape[0], bool)
         for _ in range(max_length):
-            logits, hidden, _ = model.step(token, features, keys, hidden)
+            logits, hidden, _ = model.step(token, features, keys, hidden, memory)
             token = tf.cast(tf.argmax(logits, axis=-1), tf.int32)
             alive &= token.numpy() != vocab.end_id
             if not alive.any():

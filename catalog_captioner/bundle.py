@@ -1,5 +1,10 @@
 """The model bundle: ``model.json`` + ``encoder.onnx`` + ``decoder.onnx`` in one folder.
 
+A retrieval-augmented bundle (format 2, ``retrieval`` in model.json) adds
+``neighbours.npz``, the index of training images the decoder reads titles from;
+its encoder has the extra output ``embedding`` and its decoder the extra inputs
+``neighbours`` and ``similarity``.
+
 ``model.json`` holds everything the runtime needs and nothing it must guess.
 Loading verifies it completely and fails with one sentence naming the problem.
 """
@@ -12,14 +17,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from catalog_captioner.errors import BundleError
+from catalog_captioner.neighbours import NeighbourIndex
 from catalog_captioner.text import SPECIALS, Vocabulary
 
 FORMAT = "catcap-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READS_VERSIONS = (1, 2)
 
 ENCODER_OUTPUTS = ("features", "keys", "hidden")
 DECODER_INPUTS = ("token", "features", "keys", "hidden")
 DECODER_OUTPUTS = ("logits", "hidden", "attention")
+RETRIEVAL_ENCODER_OUTPUTS = ("embedding",)
+RETRIEVAL_DECODER_INPUTS = ("neighbours", "similarity")
 
 
 def default_model_dir() -> Path:
@@ -58,6 +67,8 @@ class ModelBundle:
     decoder_file: Path
     encoder_names: TensorNames
     decoder_names: TensorNames
+    neighbours: NeighbourIndex | None = None  # retrieval-augmented bundles only
+    neighbour_count: int = 0  # K titles per image
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> "ModelBundle":
@@ -76,9 +87,10 @@ class ModelBundle:
         if not isinstance(record, dict) or record.get("format") != FORMAT:
             raise BundleError(f"{meta_path} is not a catcap bundle (format must be '{FORMAT}')")
         version = record.get("format_version")
-        if version != FORMAT_VERSION:
+        if version not in READS_VERSIONS:
             raise BundleError(
-                f"{meta_path} has format version {version!r}; this catcap reads version {FORMAT_VERSION}"
+                f"{meta_path} has format version {version!r}; this catcap reads versions "
+                f"{', '.join(map(str, READS_VERSIONS))}"
             )
         try:
             return cls._from_record(folder, record)
@@ -94,7 +106,8 @@ class ModelBundle:
         if words[: len(SPECIALS)] != SPECIALS:
             raise BundleError(f"the vocabulary in {folder / 'model.json'} must start with {', '.join(SPECIALS)}")
         files = {}
-        for part in ("encoder", "decoder"):
+        retrieval = record.get("retrieval")
+        for part in ("encoder", "decoder", *(("retrieval",) if retrieval else ())):
             entry = record[part]
             file = folder / entry["file"]
             if not file.is_file():
@@ -112,6 +125,16 @@ class ModelBundle:
         missing += [k for k in ENCODER_OUTPUTS if k not in enc_names.outputs]
         missing += [k for k in DECODER_INPUTS if k not in dec_names.inputs]
         missing += [k for k in DECODER_OUTPUTS if k not in dec_names.outputs]
+        index, count = None, 0
+        if retrieval:
+            missing += [k for k in RETRIEVAL_ENCODER_OUTPUTS if k not in enc_names.outputs]
+            missing += [k for k in RETRIEVAL_DECODER_INPUTS if k not in dec_names.inputs]
+            index, count = NeighbourIndex.load(files["retrieval"]), int(retrieval["neighbours"])
+            if index.title_length != int(retrieval["title_length"]) or index.size < count:
+                raise BundleError(f"{files['retrieval']} does not match model.json (titles of "
+                                  f"{index.title_length} tokens, {index.size} images; K = {count})")
+            if int(index.tokens.max(initial=0)) >= len(words):
+                raise BundleError(f"{files['retrieval']} holds token ids beyond the vocabulary")
         if missing:
             raise BundleError(f"model.json names no tensor for: {', '.join(missing)}")
         vocab_size = int(decoder["vocab_size"])
@@ -131,6 +154,8 @@ class ModelBundle:
             decoder_file=files["decoder"],
             encoder_names=enc_names,
             decoder_names=dec_names,
+            neighbours=index,
+            neighbour_count=count,
         )
 
     @property
@@ -152,4 +177,7 @@ class ModelBundle:
             encoder_mb=round(self.encoder_file.stat().st_size / 1e6, 2),
             decoder_mb=round(self.decoder_file.stat().st_size / 1e6, 2),
         )
+        if self.neighbours is not None:
+            out.update(retrieval_images=self.neighbours.size, neighbours_per_image=self.neighbour_count,
+                       index_mb=round((self.path / self.record["retrieval"]["file"]).stat().st_size / 1e6, 2))
         return out

@@ -45,7 +45,8 @@ class Captioner:
         self._decoder = make_decoder(model, decoding)
         enc = self.bundle.encoder_names
         self._image_input = enc.inputs["image"]
-        self._encoder_outputs = [enc.outputs[k] for k in ("features", "keys", "hidden")]
+        self._roles = ["features", "keys", "hidden"] + (["embedding"] if self.bundle.neighbours is not None else [])
+        self._encoder_outputs = [enc.outputs[k] for k in self._roles]
 
     @classmethod
     def load(cls, model_dir: str | Path | None = None, *, device: str = "auto", beam_size: int | None = None,
@@ -65,16 +66,26 @@ class Captioner:
     def input_size(self) -> int:
         return self.bundle.input_size
 
-    def encode(self, pixels: np.ndarray):
-        """(N, S, S, 3) uint8 -> features, attention keys, initial GRU state."""
-        return self.model.encoder.run(self._encoder_outputs, {self._image_input: pixels})
+    def encode(self, pixels: np.ndarray) -> tuple[dict, np.ndarray]:
+        """(N, S, S, 3) uint8 -> the decoder's per-image memory and initial GRU state.
+
+        Memory: region ``features`` and attention ``keys``; for a retrieval-augmented
+        bundle also the K nearest training images' titles (``neighbours``) and
+        their cosine ``similarity``, looked up with the encoder's ``embedding``.
+        """
+        outputs = dict(zip(self._roles, self.model.encoder.run(self._encoder_outputs, {self._image_input: pixels})))
+        memory = {"features": outputs["features"], "keys": outputs["keys"]}
+        if "embedding" in outputs:
+            memory["neighbours"], memory["similarity"] = self.bundle.neighbours.search(
+                outputs["embedding"], self.bundle.neighbour_count)
+        return memory, outputs["hidden"]
 
     def caption_pixels(self, pixels: np.ndarray) -> list[CaptionResult]:
         """Caption preprocessed images (see :func:`catalog_captioner.images.preprocess`)."""
         if len(pixels) == 0:
             return []
-        features, keys, hidden = self.encode(np.ascontiguousarray(pixels, dtype=np.uint8))
-        return [self._result(h) for h in self._decoder.decode(features, keys, hidden)]
+        memory, hidden = self.encode(np.ascontiguousarray(pixels, dtype=np.uint8))
+        return [self._result(h) for h in self._decoder.decode(memory, hidden)]
 
     def _result(self, hyp: Hypothesis) -> CaptionResult:
         words = self.bundle.vocabulary.decode(hyp.tokens)

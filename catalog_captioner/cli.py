@@ -140,6 +140,8 @@ def train(
                                        "predict as auxiliary heads (e.g. gender,baseColour,subCategory)."),
     label_smoothing: float = typer.Option(0.0, "--label-smoothing"),
     dropout: float = typer.Option(0.0, "--dropout"),
+    neighbours: int = typer.Option(0, "--neighbours", help="Retrieval-augmented decoder: read the titles of the K "
+                                   "most similar training images (0 = off)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N catalog rows."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Feature cache "
                                              "(default: $CATCAP_CACHE or ~/.cache/catcap)."),
@@ -153,7 +155,7 @@ def train(
         patience=patience, val_fraction=val_fraction, seed=seed, min_count=min_count, max_length=max_length,
         embedding_dim=embedding_dim, units=units, feature_dim=feature_dim,
         attribute_cols=tuple(c.strip() for c in attribute_cols.split(",") if c.strip()),
-        label_smoothing=label_smoothing, dropout=dropout, limit=limit, cache_dir=cache_dir)
+        label_smoothing=label_smoothing, dropout=dropout, neighbours=neighbours, limit=limit, cache_dir=cache_dir)
     try:
         trainer.train(options)
     except CatcapError as err:

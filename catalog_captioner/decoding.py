@@ -1,7 +1,9 @@
 """Caption search over the single-step ONNX decoder: greedy and beam, one interface.
 
-Both decoders take the encoder's outputs for a batch of images and return one
-:class:`Hypothesis` per image. Finished rows leave the batch at once, so a
+Both decoders take a batch's per-image memory (the encoder's ``features`` and
+``keys``, plus the retrieved ``neighbours`` and ``similarity`` for a
+retrieval-augmented bundle) and initial state, and return one :class:`Hypothesis`
+per image. Finished rows leave the batch at once, so a
 batch costs as many decoder calls as its longest caption, each on fewer rows.
 """
 
@@ -41,19 +43,32 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
+Memory = dict  # role -> (N, ...) array, one row per live hypothesis
+
+
+def select(memory: Memory, rows: np.ndarray) -> Memory:
+    return {role: value[rows] for role, value in memory.items()}
+
+
 class StepFunction:
-    """One decoder call: (token, features, keys, hidden) -> (logits, hidden, attention)."""
+    """One decoder call: (token, memory, hidden) -> (logits, hidden, attention)."""
 
     def __init__(self, model: OnnxModel):
         names = model.bundle.decoder_names
         self._session = model.decoder
-        self._inputs = [names.inputs[k] for k in ("token", "features", "keys", "hidden")]
+        self._inputs = dict(names.inputs)
         self._outputs = [names.outputs[k] for k in ("logits", "hidden", "attention")]
-        token_type = next(t.type for t in model.decoder.get_inputs() if t.name == self._inputs[0])
-        self._token_dtype = np.int64 if "int64" in token_type else np.int32
+        types = {t.name: t.type for t in model.decoder.get_inputs()}
+        self._int64 = {role for role, name in self._inputs.items() if "int64" in types.get(name, "")}
 
-    def __call__(self, token, features, keys, hidden):
-        feeds = dict(zip(self._inputs, (token.astype(self._token_dtype), features, keys, hidden)))
+    def _cast(self, role: str, value: np.ndarray) -> np.ndarray:
+        if role in ("token", "neighbours"):
+            return value.astype(np.int64 if role in self._int64 else np.int32)
+        return value
+
+    def __call__(self, token, memory: Memory, hidden):
+        feeds = {self._inputs[role]: self._cast(role, value)
+                 for role, value in (("token", token), ("hidden", hidden), *memory.items())}
         logits, new_hidden, attention = self._session.run(self._outputs, feeds)
         return logits, new_hidden, attention
 
@@ -63,8 +78,8 @@ class GreedyDecoder:
         self.step, self.start, self.end = step, start, end
         self.max_length, self.keep_attention = max_length, keep_attention
 
-    def decode(self, features: np.ndarray, keys: np.ndarray, hidden: np.ndarray) -> list[Hypothesis]:
-        n, regions = features.shape[0], features.shape[1]
+    def decode(self, memory: Memory, hidden: np.ndarray) -> list[Hypothesis]:
+        n, regions = memory["features"].shape[0], memory["features"].shape[1]
         words = np.zeros((n, self.max_length), np.int64)
         lengths = np.full(n, self.max_length)
         logprob = np.zeros(n)
@@ -72,7 +87,7 @@ class GreedyDecoder:
         rows = np.arange(n)
         token = np.full(n, self.start, dtype=np.int64)
         for t in range(self.max_length):
-            logits, hidden, att = self.step(token, features, keys, hidden)
+            logits, hidden, att = self.step(token, memory, hidden)
             logp = log_softmax(logits)
             token = logp.argmax(axis=-1)
             logprob[rows] += logp[np.arange(len(rows)), token]
@@ -83,7 +98,7 @@ class GreedyDecoder:
             if done.any():
                 lengths[rows[done]] = t
                 keep = ~done
-                rows, token, features, keys, hidden = rows[keep], token[keep], features[keep], keys[keep], hidden[keep]
+                rows, token, hidden, memory = rows[keep], token[keep], hidden[keep], select(memory, keep)
                 if not len(rows):
                     break
         return [Hypothesis(words[i, :lengths[i]].tolist(), float(logprob[i]),
@@ -102,10 +117,10 @@ class BeamSearchDecoder:
     def _normalised(self, logprob: float, length: int) -> float:
         return logprob / (((5.0 + length + 1) / 6.0) ** self.alpha) if self.alpha else logprob
 
-    def decode(self, features: np.ndarray, keys: np.ndarray, hidden: np.ndarray) -> list[Hypothesis]:
-        n, k = features.shape[0], self.beam
-        rep = lambda a: np.repeat(a, k, axis=0)  # noqa: E731 - (n*k, ...) copies, beam-major per image
-        features, keys, hidden = rep(features), rep(keys), rep(hidden)
+    def decode(self, memory: Memory, hidden: np.ndarray) -> list[Hypothesis]:
+        n, k = memory["features"].shape[0], self.beam
+        beams = np.repeat(np.arange(n), k)  # (n*k,) rows, beam-major per image
+        memory, hidden = select(memory, beams), hidden[beams]
         token = np.full(n * k, self.start, dtype=np.int64)
         scores = np.tile(np.r_[0.0, np.full(k - 1, -np.inf)], n)  # only beam 0 is live at first
         seqs: list[list[int]] = [[] for _ in range(n * k)]
@@ -113,7 +128,7 @@ class BeamSearchDecoder:
         finished: list[list[tuple[float, Hypothesis]]] = [[] for _ in range(n)]
         images = np.arange(n)
         for t in range(self.max_length):
-            logits, hidden, att = self.step(token, features, keys, hidden)
+            logits, hidden, att = self.step(token, memory, hidden)
             logp = log_softmax(logits)
             m = len(images)
             total = (scores[:, None] + logp).reshape(m, k * logp.shape[-1])
@@ -156,14 +171,14 @@ class BeamSearchDecoder:
             if self.keep_attention:
                 atts = [atts[r] + [att[r]] for r in src_rows]
             token, scores = np.array(new_tokens, dtype=np.int64), np.array(new_scores)
-            features, keys, hidden = features[src], keys[src], hidden[src]
+            memory, hidden = select(memory, src), hidden[src]
             if t == self.max_length - 1:
                 break
             alive = np.array(alive)
             if not alive.all():
                 rows = np.repeat(alive, k)
                 images = images[alive]
-                token, scores, features, keys, hidden = token[rows], scores[rows], features[rows], keys[rows], hidden[rows]
+                token, scores, hidden, memory = token[rows], scores[rows], hidden[rows], select(memory, rows)
                 seqs = [s for s, r in zip(seqs, rows) if r]
                 atts = [a for a, r in zip(atts, rows) if r] if self.keep_attention else atts
                 if not len(images):

@@ -21,6 +21,9 @@ from onnx import helper, numpy_helper
 def round_decoder_weights(model) -> int:
     """Round the decoder-side Keras weights to float16 precision in place; returns how many values."""
     layers = [model.embedding, model.attention.w2, model.attention.v, model.gru, model.fc1, model.fc2]
+    if model.config.neighbours:
+        layers += [model.text_position, model.text_rank, model.text_similarity, model.text_values,
+                   model.text_attention, model.copy_gate]
     count = 0
     for layer in layers:
         for variable in layer.weights:

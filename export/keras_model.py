@@ -10,6 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from catalog_captioner.errors import UsageError
+from catalog_captioner.neighbours import NeighbourIndex
 from catalog_captioner.text import Vocabulary
 from train.backbones import Backbone, build_backbone
 from train.model import CaptionModel, ModelConfig, build_model
@@ -24,32 +25,57 @@ class TrainedRun:
     backbone: Backbone
     model: CaptionModel
 
+    @property
+    def retrieval(self) -> bool:
+        return self.config.neighbours > 0
+
+    def index(self) -> NeighbourIndex | None:
+        """The training index the decoder reads titles from (retrieval-augmented runs)."""
+        return NeighbourIndex.load(self.path / "neighbours.npz") if self.retrieval else None
+
     def encoder_function(self):
-        """uint8 images -> (features, keys, hidden): the graph exported as encoder.onnx."""
+        """uint8 images -> (features, keys, hidden[, embedding]): the graph exported as encoder.onnx.
+
+        ``embedding`` (retrieval-augmented runs) is the frozen map averaged over the
+        regions and L2-normalised: the key the training index was built with.
+        """
         size = self.backbone.input_size
         spec = tf.TensorSpec((None, size, size, 3), tf.uint8, name="image")
 
         @tf.function(input_signature=[spec])
         def encoder(image):
             cached = self.backbone.bottom(tf.cast(image, tf.float32), training=False)
-            return self.model.encode(cached, training=False)
+            features, keys, hidden = self.model.encode(cached, training=False)
+            if not self.retrieval:
+                return features, keys, hidden
+            pooled = tf.reduce_mean(cached, axis=[1, 2])
+            return features, keys, hidden, pooled / (tf.norm(pooled, axis=-1, keepdims=True) + 1e-12)
 
         return encoder
 
     def decoder_function(self):
-        """(token, features, keys, hidden) -> (logits, hidden, attention): exported as decoder.onnx."""
+        """(token, features, keys, hidden[, neighbours, similarity]) -> (logits, hidden, attention):
+        exported as decoder.onnx."""
         c = self.config
-        n_regions = int(np.prod(self.backbone.top.output.shape[1:3]))
         signature = [tf.TensorSpec((None,), tf.int32, name="token"),
-                     tf.TensorSpec((None, n_regions, c.feature_dim), tf.float32, name="features"),
-                     tf.TensorSpec((None, n_regions, c.attention_units), tf.float32, name="keys"),
+                     tf.TensorSpec((None, self.regions, c.feature_dim), tf.float32, name="features"),
+                     tf.TensorSpec((None, self.regions, c.attention_units), tf.float32, name="keys"),
                      tf.TensorSpec((None, c.units), tf.float32, name="hidden")]
+        if not self.retrieval:
+            @tf.function(input_signature=signature)
+            def decoder(token, features, keys, hidden):
+                return self.model.step(token, features, keys, hidden, training=False)
+
+            return decoder
+        signature += [tf.TensorSpec((None, c.neighbours, c.neighbour_length), tf.int32, name="neighbours"),
+                      tf.TensorSpec((None, c.neighbours), tf.float32, name="similarity")]
 
         @tf.function(input_signature=signature)
-        def decoder(token, features, keys, hidden):
-            return self.model.step(token, features, keys, hidden, training=False)
+        def retrieval_decoder(token, features, keys, hidden, neighbours, similarity):
+            memory = self.model.text_memory(neighbours, similarity)
+            return self.model.step(token, features, keys, hidden, memory, training=False)
 
-        return decoder
+        return retrieval_decoder
 
     @property
     def regions(self) -> int:
@@ -69,4 +95,6 @@ def load_run(run_dir: Path) -> TrainedRun:
     config = ModelConfig.from_dict(record["model"])
     model = build_model(config, backbone.top, backbone.cache_shape)
     model.load_weights(str(run_dir / "model.weights.h5"))
+    if config.neighbours and not (run_dir / "neighbours.npz").is_file():
+        raise UsageError(f"{run_dir} is a retrieval-augmented run but neighbours.npz is missing")
     return TrainedRun(run_dir, record, config, Vocabulary(tuple(record["vocabulary"])), backbone, model)

@@ -66,7 +66,10 @@ def convert(run: TrainedRun, folder: Path, decoder_float16: bool = False) -> dic
         storage["rounded_values"] = round_decoder_weights(run.model)
     fn = run.encoder_function()
     tf2onnx.convert.from_function(fn, input_signature=fn.input_signature, opset=OPSET, output_path=str(encoder_path))
-    _rename_outputs(encoder_path, list(bundles.ENCODER_OUTPUTS))
+    _rename_outputs(encoder_path, list(bundles.ENCODER_OUTPUTS) +
+                    (list(bundles.RETRIEVAL_ENCODER_OUTPUTS) if run.retrieval else []))
+    if run.retrieval:
+        shutil.copyfile(run.path / "neighbours.npz", folder / "neighbours.npz")
     fn = run.decoder_function()
     tf2onnx.convert.from_function(fn, input_signature=fn.input_signature, opset=OPSET, output_path=str(decoder_path))
     _rename_outputs(decoder_path, [DECODER_OUTPUT_NAMES[k] for k in bundles.DECODER_OUTPUTS])
@@ -88,11 +91,19 @@ def _named(names: list[str], role: str) -> str:
     raise ExportError(f"the exported graph has no input named {role!r} (inputs: {', '.join(names)})")
 
 
+def _retrieval_record(run: TrainedRun, folder: Path) -> dict:
+    index = run.index()
+    return {"file": "neighbours.npz", "sha256": bundles.sha256_file(folder / "neighbours.npz"),
+            "neighbours": run.config.neighbours, "title_length": index.title_length, "images": index.size,
+            "key": "encoder output 'embedding': the frozen backbone map averaged over regions, unit length; "
+                   "cosine similarity, exact search"}
+
+
 def write_record(run: TrainedRun, folder: Path, parity: dict, options: ExportOptions, storage: dict) -> dict:
     enc_inputs, dec_inputs = _input_names(folder / "encoder.onnx"), _input_names(folder / "decoder.onnx")
     record = {
         "format": bundles.FORMAT,
-        "format_version": bundles.FORMAT_VERSION,
+        "format_version": bundles.FORMAT_VERSION if run.retrieval else 1,  # plain bundles stay readable by 1.x
         "name": options.name or run.path.name,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "backbone": run.backbone.name,
@@ -107,7 +118,8 @@ def write_record(run: TrainedRun, folder: Path, parity: dict, options: ExportOpt
         "decoding": {"default": "greedy", "length_penalty": options.length_penalty},
         "encoder": {
             "file": "encoder.onnx", "sha256": bundles.sha256_file(folder / "encoder.onnx"),
-            "inputs": {"image": _named(enc_inputs, "image")}, "outputs": {k: k for k in bundles.ENCODER_OUTPUTS},
+            "inputs": {"image": _named(enc_inputs, "image")},
+            "outputs": {k: k for k in bundles.ENCODER_OUTPUTS + (bundles.RETRIEVAL_ENCODER_OUTPUTS if run.retrieval else ())},
             "shapes": {"image": ["N", run.backbone.input_size, run.backbone.input_size, 3],
                        "features": ["N", run.regions, run.config.feature_dim],
                        "keys": ["N", run.regions, run.config.attention_units], "hidden": ["N", run.config.units]},
@@ -115,11 +127,13 @@ def write_record(run: TrainedRun, folder: Path, parity: dict, options: ExportOpt
         },
         "decoder": {
             "file": "decoder.onnx", "sha256": bundles.sha256_file(folder / "decoder.onnx"),
-            "inputs": {role: _named(dec_inputs, role) for role in bundles.DECODER_INPUTS},
+            "inputs": {role: _named(dec_inputs, role) for role in
+                       bundles.DECODER_INPUTS + (bundles.RETRIEVAL_DECODER_INPUTS if run.retrieval else ())},
             "outputs": DECODER_OUTPUT_NAMES,
             "shapes": {"token": ["N"], "logits": ["N", len(run.vocabulary)], "attention": ["N", run.regions]},
             "units": run.config.units, "vocab_size": len(run.vocabulary),
         },
+        **({"retrieval": _retrieval_record(run, folder)} if run.retrieval else {}),
         "training": {**run.record.get("training", {}), "run_dir": str(run.path.resolve()), "data": run.record.get("data", {}),
                      "backbone": run.record.get("backbone", {}), "model": run.record.get("model", {})},
         "metrics": run.record.get("metrics", {}),

@@ -10,6 +10,7 @@ import onnxruntime as ort
 
 from catalog_captioner import images
 from catalog_captioner.decoding import GreedyDecoder
+from catalog_captioner.neighbours import NeighbourIndex
 from export.keras_model import TrainedRun
 
 
@@ -30,56 +31,78 @@ def validation_pixels(run: TrainedRun, limit: int) -> np.ndarray:
     return np.stack(pixels)
 
 
+MEMORY_ROLES = ("features", "keys", "neighbours", "similarity")
+
+
+def memory_of(run: TrainedRun, outputs, index: NeighbourIndex | None) -> tuple[dict, np.ndarray]:
+    """Encoder outputs (features, keys, hidden[, embedding]) -> decoder memory and state, as the runtime does."""
+    features, keys, hidden, *embedding = [np.asarray(t) for t in outputs]
+    memory = {"features": features, "keys": keys}
+    if index is not None:
+        memory["neighbours"], memory["similarity"] = index.search(embedding[0], run.config.neighbours)
+    return memory, hidden
+
+
 class KerasStep:
     def __init__(self, run: TrainedRun):
         self.fn = run.decoder_function()
 
-    def __call__(self, token, features, keys, hidden):
-        return [np.asarray(t) for t in self.fn(token.astype(np.int32), features, keys, hidden)]
+    def __call__(self, token, memory, hidden):
+        args = [memory[r] for r in MEMORY_ROLES if r in memory]
+        args.insert(2, hidden)  # signature order: token, features, keys, hidden, [neighbours, similarity]
+        return [np.asarray(t) for t in self.fn(token.astype(np.int32), *args)]
 
 
 class OnnxStep:
     def __init__(self, session: ort.InferenceSession):
         self.session = session
-        self.inputs = [i.name for i in session.get_inputs()]
 
-    def __call__(self, token, features, keys, hidden):
-        feeds = dict(zip(self.inputs, (token.astype(np.int32), features, keys, hidden)))
+    def __call__(self, token, memory, hidden):
+        feeds = {"token": token.astype(np.int32), "hidden": hidden, **memory}
         return self.session.run(["logits", "next_hidden", "attention"], feeds)
 
 
 def greedy_tokens(run: TrainedRun, pixels: np.ndarray) -> list[list[int]]:
     """Keras greedy captions (token ids) of the parity images, e.g. before and after rounding."""
-    outs = [np.asarray(t) for t in run.encoder_function()(pixels)]
+    memory, hidden = memory_of(run, run.encoder_function()(pixels), run.index())
     vocab = run.vocabulary
     return [h.tokens for h in GreedyDecoder(KerasStep(run), vocab.start_id, vocab.end_id,
-                                            run.config.max_length).decode(*outs)]
+                                            run.config.max_length).decode(memory, hidden)]
 
 
 def check_parity(run: TrainedRun, folder: Path, pixels: np.ndarray) -> dict:
     encoder = ort.InferenceSession(str(folder / "encoder.onnx"), providers=["CPUExecutionProvider"])
     decoder = ort.InferenceSession(str(folder / "decoder.onnx"), providers=["CPUExecutionProvider"])
+    index = run.index()
     keras_out = [np.asarray(t) for t in run.encoder_function()(pixels)]
-    onnx_out = encoder.run(["features", "keys", "hidden"], {encoder.get_inputs()[0].name: pixels})
+    names = ["features", "keys", "hidden"] + (["embedding"] if index is not None else [])
+    onnx_out = encoder.run(names, {encoder.get_inputs()[0].name: pixels})
     enc_diff = max(float(np.abs(a - b).max()) for a, b in zip(keras_out, onnx_out))
+    keras_memory, keras_hidden = memory_of(run, keras_out, index)
+    onnx_memory, onnx_hidden = memory_of(run, onnx_out, index)
 
     keras_step, onnx_step = KerasStep(run), OnnxStep(decoder)
     # Logits along the Keras greedy path, both graphs fed identical inputs at every step.
-    features, keys, hidden = keras_out
+    hidden = keras_hidden
     token = np.full(len(pixels), run.vocabulary.start_id, np.int64)
     logit_diff = 0.0
     for _ in range(run.config.max_length):
-        k_logits, k_hidden, k_att = keras_step(token, features, keys, hidden)
-        o_logits, o_hidden, o_att = onnx_step(token, features, keys, hidden)
+        k_logits, k_hidden, k_att = keras_step(token, keras_memory, hidden)
+        o_logits, o_hidden, o_att = onnx_step(token, keras_memory, hidden)
         logit_diff = max(logit_diff, float(np.abs(k_logits - o_logits).max()),
                          float(np.abs(k_hidden - o_hidden).max()), float(np.abs(k_att - o_att).max()))
         token, hidden = k_logits.argmax(-1), k_hidden
 
     start, end, length = run.vocabulary.start_id, run.vocabulary.end_id, run.config.max_length
-    keras_caps = GreedyDecoder(keras_step, start, end, length).decode(*keras_out)
-    onnx_caps = GreedyDecoder(onnx_step, start, end, length).decode(*onnx_out)
+    keras_caps = GreedyDecoder(keras_step, start, end, length).decode(keras_memory, keras_hidden)
+    onnx_caps = GreedyDecoder(onnx_step, start, end, length).decode(onnx_memory, onnx_hidden)
     same = sum(a.tokens == b.tokens for a, b in zip(keras_caps, onnx_caps))
+    extra = {}
+    if index is not None:  # each side retrieved with its own embedding
+        extra["same_neighbours"] = float(np.mean(np.all(keras_memory["neighbours"] == onnx_memory["neighbours"],
+                                                        axis=(1, 2))))
     return {
+        **extra,
         "images": int(len(pixels)),
         "max_abs_diff": max(enc_diff, logit_diff),
         "max_abs_diff_features": enc_diff,

@@ -39,10 +39,10 @@ def test_finished_rows_leave_the_decoder_batch():
     start, end, vocab = 1, 2, 8
     sizes = []
 
-    def step(token, features, keys, hidden):
+    def step(token, memory, hidden):
         sizes.append(len(token))
         logits = np.zeros((len(token), vocab), np.float32)
-        finished = hidden[:, 0] >= features[:, 0, 0]
+        finished = hidden[:, 0] >= memory["features"][:, 0, 0]
         logits[finished, end] = 5.0
         logits[~finished, 4 + (hidden[~finished, 0].astype(int) % 3)] = 5.0
         return logits, hidden + 1, np.full((len(token), 1), 1.0, np.float32)
@@ -50,7 +50,8 @@ def test_finished_rows_leave_the_decoder_batch():
     lengths = np.array([0, 3, 1, 5, 2], np.float32)
     features = np.zeros((5, 1, 1), np.float32)
     features[:, 0, 0] = lengths
-    hyps = GreedyDecoder(step, start, end, max_length=12).decode(features, features.copy(), np.zeros((5, 1), np.float32))
+    memory = {"features": features, "keys": features.copy()}
+    hyps = GreedyDecoder(step, start, end, max_length=12).decode(memory, np.zeros((5, 1), np.float32))
     assert [len(h.tokens) for h in hyps] == [0, 3, 1, 5, 2]
     assert hyps[3].tokens == [4, 5, 6, 4, 5]
     assert sizes == [5, 4, 3, 2, 1, 1]  # each step runs only on the rows still writing; no step past the longest

@@ -4,6 +4,13 @@ The decoder is written as a single step, ``step(token, features, keys, hidden)``
 used three ways: unrolled with teacher forcing for training, in a Python loop
 for Keras-side decoding, and exported alone to ONNX for the runtime. ``keys`` is
 the attention's image-side projection, computed once per image by ``encode``.
+
+With ``neighbours > 0`` the decoder is retrieval-augmented: beside the image
+regions it attends over the tokenised titles of the K most similar training
+images (found by the runtime in the bundle's index) and may copy a word from
+them through a pointer (See et al., 2017), so a brand or product-line name seen
+on a near-identical photo can be written even when the pixels alone are vague.
+Its ``logits`` output is then a log-probability vector (a valid logit vector).
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ class ModelConfig:
     dropout: float = 0.0
     feature_norm: bool = True  # LayerNorm on the region features: O(1) values, so ONNX parity holds to 1e-4
     attributes: tuple[tuple[str, int], ...] = ()  # auxiliary heads: (column, classes)
+    neighbours: int = 0  # K retrieved titles the decoder reads (0: plain image decoder)
+    neighbour_length: int = 0  # tokens kept per retrieved title, <end> included
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -49,8 +58,10 @@ class BahdanauAttention(layers.Layer):
     def project(self, features):
         return self.w1(features)
 
-    def call(self, features, keys, hidden):
+    def call(self, features, keys, hidden, mask=None):
         score = self.v(ops.tanh(keys + ops.expand_dims(self.w2(hidden), 1)))  # (N, L, 1)
+        if mask is not None:  # (N, L): 1 = real entry, 0 = padding
+            score = score + ops.expand_dims((1.0 - mask) * -1e9, -1)
         weights = ops.softmax(score, axis=1)
         context = ops.sum(weights * features, axis=1)
         return context, ops.squeeze(weights, -1)
@@ -73,6 +84,13 @@ class CaptionModel(keras.Model):
         self.fc2 = layers.Dense(config.vocab_size, name="fc2")
         self.drop = layers.Dropout(config.dropout) if config.dropout else None
         self.heads = {name: layers.Dense(classes, name=f"attr_{name}") for name, classes in config.attributes}
+        if config.neighbours:
+            self.text_position = layers.Embedding(config.neighbour_length, config.embedding_dim, name="text_position")
+            self.text_rank = layers.Embedding(config.neighbours, config.embedding_dim, name="text_rank")
+            self.text_similarity = layers.Dense(config.embedding_dim, name="text_similarity")
+            self.text_values = layers.Dense(config.feature_dim, name="text_values")
+            self.text_attention = BahdanauAttention(config.attention_units, name="text_attention")
+            self.copy_gate = layers.Dense(1, name="copy_gate")
 
     # -- encoder side -------------------------------------------------------------------------
     def encode(self, cached, training=False):
@@ -89,31 +107,74 @@ class CaptionModel(keras.Model):
         hidden = self.init_state(ops.mean(features, axis=1))
         return features, keys, hidden
 
+    def text_memory(self, neighbours, similarity):
+        """Retrieved titles (N,K,T) int + their cosine similarity (N,K) -> values, keys, mask, token ids (N,K*T)."""
+        c = self.config
+        k, t = c.neighbours, c.neighbour_length
+        neighbours = ops.cast(neighbours, "int32")
+        x = self.embedding(neighbours)  # (N,K,T,E): the decoder's own word embedding
+        x = x + ops.reshape(self.text_position(ops.arange(t)), (1, 1, t, -1))
+        x = x + ops.reshape(self.text_rank(ops.arange(k)), (1, k, 1, -1))
+        x = x + ops.expand_dims(self.text_similarity(ops.expand_dims(ops.cast(similarity, "float32"), -1)), 2)
+        values = ops.reshape(self.text_values(x), (-1, k * t, c.feature_dim))
+        tokens = ops.reshape(neighbours, (-1, k * t))
+        mask = ops.cast(ops.not_equal(tokens, 0), "float32")
+        return values, self.text_attention.project(values), mask, tokens
+
     # -- one decoding step --------------------------------------------------------------------
-    def step(self, token, features, keys, hidden, training=False):
-        """(token (N,), features, keys, hidden) -> (logits (N,V), new hidden, attention (N,L))."""
+    def step(self, token, features, keys, hidden, memory=None, training=False):
+        """(token (N,), features, keys, hidden[, text memory]) -> (logits (N,V), new hidden, attention (N,L))."""
         context, weights = self.attention(features, keys, hidden)
-        x = ops.concatenate([context, self.embedding(token)], axis=-1)
+        parts = [context]
+        if memory is not None:
+            values, text_keys, mask, tokens = memory
+            text_context, text_weights = self.text_attention(values, text_keys, hidden, mask)
+            parts.append(text_context)
+        x = ops.concatenate([*parts, self.embedding(token)], axis=-1)
         out, new_state = self.gru(x, [hidden], training=training)
         new_hidden = new_state[0] if isinstance(new_state, (list, tuple)) else new_state
-        h = self.fc1(ops.concatenate([out, context], axis=-1))
+        h = self.fc1(ops.concatenate([out, *parts], axis=-1))
         if self.drop is not None:
             h = self.drop(h, training=training)
-        return self.fc2(h), new_hidden, weights
+        logits = self.fc2(h)
+        if memory is None:
+            return logits, new_hidden, weights
+        # Pointer: mix the vocabulary distribution with copying a retrieved token, in log space
+        # (1 - sigmoid(z) in float32 loses every digit when the gate is nearly shut).
+        z = self.copy_gate(ops.concatenate([out, *parts], axis=-1))  # (N,1): logit of P(generate)
+        copy = _scatter_rows(tokens, text_weights, self.config.vocab_size)
+        log_generate = -ops.softplus(-z) + ops.log_softmax(logits, axis=-1)
+        log_copy = -ops.softplus(z) + ops.log(copy + 1e-9)
+        top = ops.maximum(log_generate, log_copy)  # logaddexp without Log1p (no ONNX op for it)
+        return top + ops.log(ops.exp(log_generate - top) + ops.exp(log_copy - top)), new_hidden, weights
 
     # -- teacher forcing ----------------------------------------------------------------------
     def call(self, inputs, training=False):
         cached, tokens = inputs["cached"], inputs["tokens"]
         features, keys, hidden = self.encode(ops.cast(cached, "float32"), training=training)
+        memory = (self.text_memory(inputs["neighbours"], inputs["similarity"])
+                  if self.config.neighbours else None)
         outputs = []
         for t in range(tokens.shape[1]):
-            logits, hidden, _ = self.step(tokens[:, t], features, keys, hidden, training=training)
+            logits, hidden, _ = self.step(tokens[:, t], features, keys, hidden, memory, training=training)
             outputs.append(logits)
         result = {"caption": ops.stack(outputs, axis=1)}
         pooled = ops.mean(features, axis=1)
         for name, head in self.heads.items():
             result[f"attr_{name}"] = head(pooled)
         return result
+
+
+def _scatter_rows(tokens, weights, vocab_size):
+    """Sum each row's weights (N,M) into a (N,V) vector at its token ids (N,M): ONNX ScatterND add."""
+    import tensorflow as tf
+
+    n = tf.shape(tokens)[0]
+    m = tf.shape(tokens)[1]
+    rows = tf.tile(tf.expand_dims(tf.range(n), 1), tf.stack([1, m]))
+    index = tf.reshape(tf.stack([rows, tokens], axis=-1), (-1, 2))
+    zeros = tf.zeros(tf.stack([n, vocab_size]), weights.dtype)
+    return tf.tensor_scatter_nd_add(zeros, index, tf.reshape(weights, (-1,)))
 
 
 class MaskedCaptionLoss(keras.losses.Loss):
@@ -151,6 +212,9 @@ def build_model(config: ModelConfig, backbone_top: keras.Model, cache_shape: tup
     model = CaptionModel(config, backbone_top)
     import numpy as np
 
-    model({"cached": np.zeros((1, *cache_shape), "float32"),
-           "tokens": np.zeros((1, config.max_length + 1), "int32")})  # create every weight
+    inputs = {"cached": np.zeros((1, *cache_shape), "float32"), "tokens": np.zeros((1, config.max_length + 1), "int32")}
+    if config.neighbours:
+        inputs["neighbours"] = np.ones((1, config.neighbours, config.neighbour_length), "int32")
+        inputs["similarity"] = np.zeros((1, config.neighbours), "float32")
+    model(inputs)  # create every weight
     return model

@@ -50,6 +50,8 @@ class TrainOptions:
     attribute_weight: float = 0.5
     label_smoothing: float = 0.0
     dropout: float = 0.0
+    neighbours: int = 0  # retrieval-augmented decoder: K training titles read per image (0: off)
+    neighbour_length: int = 12
     limit: int | None = None
     cache_dir: Path | None = None
     verbose: int = 2
@@ -152,13 +154,18 @@ def train(options: TrainOptions, log=None) -> Path:
         values = frame[column].tolist()
         classes = sorted({values[i] for i in train_idx if values[i]})
         attributes.append(AttributeCodes(column, classes))
+    neighbours = min(options.neighbours, len(train_idx) - 1)
     config = ModelConfig(vocab_size=len(vocab), max_length=max_length, feature_dim=options.feature_dim,
                          embedding_dim=options.embedding_dim, units=options.units,
                          attention_units=options.attention_units, dropout=options.dropout,
-                         attributes=tuple((a.column, len(a.classes)) for a in attributes if a.classes))
+                         attributes=tuple((a.column, len(a.classes)) for a in attributes if a.classes),
+                         neighbours=max(neighbours, 0), neighbour_length=options.neighbour_length if neighbours > 0 else 0)
     log(f"vocabulary {len(vocab)} words (min count {options.min_count}); max length {max_length}; "
         f"{len(train_idx)} train / {len(val_idx)} validation images; cache map {backbone.cache_shape}")
 
+    x_extra = {}
+    if config.neighbours:
+        index, x_extra = _retrieval_inputs(maps, captions, train_idx, vocab, config, log)
     model = build_model(config, backbone.top, backbone.cache_shape)
     losses = {"caption": MaskedCaptionLoss(options.label_smoothing)}
     weights = {"caption": 1.0}
@@ -174,7 +181,7 @@ def train(options: TrainOptions, log=None) -> Path:
     def dataset(index, shuffle):
         import tensorflow as tf
 
-        x = {"cached": maps[index], "tokens": inputs[index]}
+        x = {"cached": maps[index], "tokens": inputs[index], **{k: v[index] for k, v in x_extra.items()}}
         ds = tf.data.Dataset.from_tensor_slices((x, {k: v[index] for k, v in y.items()}))
         if shuffle:
             ds = ds.shuffle(min(len(index), 20000), seed=options.seed, reshuffle_each_iteration=True)
@@ -185,6 +192,8 @@ def train(options: TrainOptions, log=None) -> Path:
     # Everything but the decoder weights is written first, and the best weights after every
     # improving epoch, so an interrupted run can still be exported.
     backbone.bottom.save_weights(str(out / "backbone.weights.h5"))
+    if config.neighbours:
+        index.save(out / "neighbours.npz")
     for name, index in (("train.csv", train_idx), ("val.csv", val_idx)):
         write_split(frame.iloc[index], data.image_col, data.image_root, out / name)
     (out / "split.json").write_text(json.dumps({
@@ -207,28 +216,50 @@ def train(options: TrainOptions, log=None) -> Path:
                      "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items()}},
     }
     (out / "config.json").write_text(json.dumps(record, indent=2))
-    stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=options.patience,
+    # With auxiliary heads, stop on the caption loss alone: the attribute losses overfit
+    # epochs before the caption loss stops falling, and the captions are what ships.
+    monitor = "val_caption_loss" if len(losses) > 1 else "val_loss"
+    stopper = keras.callbacks.EarlyStopping(monitor=monitor, mode="min", patience=options.patience,
                                             restore_best_weights=True, verbose=1)
-    checkpoint = keras.callbacks.ModelCheckpoint(str(out / "model.weights.h5"), monitor="val_loss",
+    checkpoint = keras.callbacks.ModelCheckpoint(str(out / "model.weights.h5"), monitor=monitor, mode="min",
                                                  save_best_only=True, save_weights_only=True)
     history = model.fit(dataset(train_idx, True), validation_data=dataset(val_idx, False), epochs=options.epochs,
                         callbacks=[stopper, checkpoint, keras.callbacks.CSVLogger(str(out / "history.csv"))],
                         verbose=options.verbose)
     val_losses = history.history["val_loss"]
-    best_epoch = int(np.argmin(val_losses)) + 1
+    monitored = history.history[monitor]
+    best_epoch = int(np.argmin(monitored)) + 1
     epochs_run = len(val_losses)
-    stop_reason = (f"validation loss did not improve for {options.patience} epochs after epoch {best_epoch}"
+    what = "validation caption loss" if monitor == "val_caption_loss" else "validation loss"
+    stop_reason = (f"{what} did not improve for {options.patience} epochs after epoch {best_epoch}"
                    if stopper.stopped_epoch else f"reached --epochs {options.epochs}")
     model.save_weights(str(out / "model.weights.h5"))  # the best epoch's (restored by early stopping)
     record["training"].update(status="finished", epochs_run=epochs_run, best_epoch=best_epoch, stopped=stop_reason,
-                              best_val_loss=float(min(val_losses)),
+                              monitor=monitor, best_val_loss=float(val_losses[best_epoch - 1]),
                               best_val_caption_loss=float(history.history.get("val_caption_loss", val_losses)[best_epoch - 1]),
                               final_train_loss=float(history.history["loss"][-1]),
                               seconds=round(time.time() - started, 1))
     (out / "config.json").write_text(json.dumps(record, indent=2))
     plot_history(history.history, best_epoch, stop_reason, out / "loss.png")
-    log(f"best epoch {best_epoch}/{epochs_run} (val loss {min(val_losses):.4f}); {stop_reason}; wrote {out}")
+    log(f"best epoch {best_epoch}/{epochs_run} ({monitor} {min(monitored):.4f}); {stop_reason}; wrote {out}")
     return out
+
+
+def _retrieval_inputs(maps, captions, train_idx, vocab, config, log):
+    """The index of training keys + titles, and every row's K retrieved titles (never its own)."""
+    from catalog_captioner.neighbours import NeighbourIndex
+    from train.neighbours import embed, title_tokens
+
+    started = time.time()
+    keys = embed(maps)
+    index = NeighbourIndex.from_keys(keys[train_idx], title_tokens([captions[i] for i in train_idx], vocab,
+                                                          config.neighbour_length))
+    own = np.full(len(maps), -1)
+    own[train_idx] = np.arange(len(train_idx))
+    tokens, similarity = index.search(keys, config.neighbours, exclude=own)
+    log(f"retrieval: {config.neighbours} titles per image from {index.size} training images "
+        f"({time.time() - started:.0f}s)")
+    return index, {"neighbours": tokens, "similarity": similarity}
 
 
 def write_split(frame: pd.DataFrame, image_col: str, root: Path, path: Path) -> None:
@@ -248,6 +279,9 @@ def plot_history(history: dict, best_epoch: int, reason: str, path: Path) -> Non
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(epochs, history["loss"], marker="o", label="train loss")
     ax.plot(epochs, history["val_loss"], marker="o", label="validation loss")
+    if "val_caption_loss" in history and any(k.startswith("attr_") for k in history):
+        ax.plot(epochs, history["caption_loss"], marker=".", linestyle=":", label="train caption loss")
+        ax.plot(epochs, history["val_caption_loss"], marker=".", linestyle=":", label="validation caption loss")
     ax.axvline(best_epoch, color="grey", linestyle="--", label=f"best (epoch {best_epoch}, weights kept)")
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
