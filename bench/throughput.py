@@ -11,6 +11,7 @@ after a warm-up:
               reference, the same loop batched); needs the train extra and the bundle's
               training run folder (--run), else skipped, saying so
   decoder     the decoder's share of model time
+  retrieval   for a retrieval-augmented bundle, the nearest-title search's part of model time
   rss         peak RSS of `catcap run` on 1x and 10x the rows (the same images repeated)
 Prints a table, then as its last line exactly:
   endtoend_over_model=R1 onnx_over_keras=R2 decoder_share=S images_per_s=X rss_growth=G
@@ -87,6 +88,18 @@ def measure_model(captioner: Captioner, pixels: np.ndarray, batch: int) -> tuple
     once()  # warm-up
     total = timed(once)
     return total, decoder_time
+
+
+def measure_retrieval(captioner: Captioner, pixels: np.ndarray, batch: int) -> float | None:
+    """Seconds of index search (the step between encoder and decoder) over all pixels, or None."""
+    index = captioner.bundle.neighbours
+    if index is None:
+        return None
+    name = captioner.bundle.encoder_names
+    queries = [captioner.model.encoder.run([name.outputs["embedding"]], {name.inputs["image"]: pixels[s:s + batch]})[0]
+               for s in range(0, len(pixels), batch)]
+    k = captioner.bundle.neighbour_count
+    return timed(lambda: [index.search(q, k) for q in queries])
 
 
 def write_catalog(path: Path, cells: list[str], repeat: int = 1) -> Path:
@@ -204,6 +217,7 @@ def main() -> None:
     pixels = np.stack([images.load(c, captioner.input_size, images.LoadOptions()) for c in cells])
 
     model_s, decoder_s = measure_model(captioner, pixels, args.batch_size)
+    retrieval_s = measure_retrieval(captioner, pixels, args.batch_size)
     catalog = write_catalog(tmp / "catalog.csv", cells)
     e2e_s, profile = measure_end_to_end(captioner, catalog, tmp / "out.csv", args.batch_size, args.profile)
     startup_s = cli_startup(args.model)
@@ -227,6 +241,7 @@ def main() -> None:
 
     rows = [("model (ONNX Runtime, preprocessed images)", model_s),
             ("  of which decoder", decoder_s),
+            *([("  of which retrieval (index search)", retrieval_s)] if retrieval_s is not None else []),
             ("end-to-end run_catalog (CSV in, CSV out)", e2e_s)]
     if keras_s is not None:
         rows.append(("keras (TensorFlow, Python greedy loop)", keras_s))

@@ -58,7 +58,8 @@ class Captioner:
         if beam_size is None:  # the decoding the bundle's metrics were measured with
             beam_size = int(defaults.get("default_beam_size", 1))
         decoding = DecodingOptions(beam_size=beam_size, max_length=max_length, keep_attention=keep_attention,
-                                   length_penalty=float(defaults.get("length_penalty", 0.6)))
+                                   length_penalty=float(defaults.get("length_penalty", 0.6)),
+                                   block_repeats=bool(defaults.get("block_repeats", False)))
         loading = images.LoadOptions(image_root=Path(image_root) if image_root else None)
         return cls(model, decoding, loading)
 

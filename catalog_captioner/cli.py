@@ -129,6 +129,8 @@ def train(
     batch_size: int = typer.Option(64, "--batch-size"),
     learning_rate: float = typer.Option(1e-3, "--learning-rate"),
     patience: int = typer.Option(3, "--patience", help="Early-stopping patience on validation loss."),
+    lr_decay: float = typer.Option(1.0, "--lr-decay", help="Multiply the learning rate by this after each epoch "
+                                   "without improvement (1 = constant rate)."),
     val_fraction: float = typer.Option(0.1, "--val-fraction"),
     seed: int = typer.Option(13, "--seed"),
     min_count: int = typer.Option(2, "--min-count", help="Words seen fewer times become <unk>."),
@@ -152,7 +154,8 @@ def train(
         catalog=catalog, out=out, image_col=image_col, caption_col=caption_col, image_root=image_root,
         backbone=backbone, backbone_weights=backbone_weights, input_size=input_size,
         fine_tune_blocks=fine_tune_blocks, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
-        patience=patience, val_fraction=val_fraction, seed=seed, min_count=min_count, max_length=max_length,
+        patience=patience, lr_decay=lr_decay, val_fraction=val_fraction, seed=seed, min_count=min_count,
+        max_length=max_length,
         embedding_dim=embedding_dim, units=units, feature_dim=feature_dim,
         attribute_cols=tuple(c.strip() for c in attribute_cols.split(",") if c.strip()),
         label_smoothing=label_smoothing, dropout=dropout, neighbours=neighbours, limit=limit, cache_dir=cache_dir)
@@ -174,6 +177,8 @@ def export(
     decoder_float16: bool = typer.Option(True, "--decoder-float16/--decoder-float32",
                                          help="Store decoder weights as float16 (half the file; arithmetic stays "
                                          "float32; Keras weights are rounded the same way before the parity check)."),
+    block_repeats: bool = typer.Option(True, "--block-repeats/--allow-repeats",
+                                       help="Bundle's decoding default: never write the same word twice in a row."),
 ) -> None:
     """Export a trained run to an ONNX bundle and prove it agrees with Keras."""
     import os
@@ -185,7 +190,8 @@ def export(
     try:
         exporter.export(exporter.ExportOptions(run_dir=run_dir, out=out, parity_images=parity_images,
                                                max_abs_diff=max_abs_diff, min_greedy_match=min_greedy_match,
-                                               decoder_float16=decoder_float16, length_penalty=length_penalty))
+                                               decoder_float16=decoder_float16, length_penalty=length_penalty,
+                                               block_repeats=block_repeats))
     except CatcapError as err:
         _fail(err)
 

@@ -23,6 +23,7 @@ class DecodingOptions:
     max_length: int | None = None  # None: the bundle's max_length
     length_penalty: float = 0.6  # GNMT alpha for beam search; 0 = raw log-probability
     keep_attention: bool = False
+    block_repeats: bool = False  # never write the same word twice in a row ("Men Men")
 
 
 @dataclass
@@ -73,10 +74,19 @@ class StepFunction:
         return logits, new_hidden, attention
 
 
+def step_logprobs(logits: np.ndarray, token: np.ndarray, block_repeats: bool) -> np.ndarray:
+    """Log-probabilities of the next word; with ``block_repeats`` the word just written is ruled out."""
+    logp = log_softmax(logits)
+    if block_repeats:
+        logp[np.arange(len(token)), token] = -np.inf
+    return logp
+
+
 class GreedyDecoder:
-    def __init__(self, step: StepFunction, start: int, end: int, max_length: int, keep_attention: bool = False):
+    def __init__(self, step: StepFunction, start: int, end: int, max_length: int, keep_attention: bool = False,
+                 block_repeats: bool = False):
         self.step, self.start, self.end = step, start, end
-        self.max_length, self.keep_attention = max_length, keep_attention
+        self.max_length, self.keep_attention, self.block_repeats = max_length, keep_attention, block_repeats
 
     def decode(self, memory: Memory, hidden: np.ndarray) -> list[Hypothesis]:
         n, regions = memory["features"].shape[0], memory["features"].shape[1]
@@ -88,7 +98,7 @@ class GreedyDecoder:
         token = np.full(n, self.start, dtype=np.int64)
         for t in range(self.max_length):
             logits, hidden, att = self.step(token, memory, hidden)
-            logp = log_softmax(logits)
+            logp = step_logprobs(logits, token, self.block_repeats)
             token = logp.argmax(axis=-1)
             logprob[rows] += logp[np.arange(len(rows)), token]
             words[rows, t] = token
@@ -109,10 +119,10 @@ class BeamSearchDecoder:
     """Batched beam search with a GNMT length penalty ((5 + len) / 6) ** alpha."""
 
     def __init__(self, step: StepFunction, start: int, end: int, max_length: int, beam_size: int,
-                 length_penalty: float = 0.6, keep_attention: bool = False):
+                 length_penalty: float = 0.6, keep_attention: bool = False, block_repeats: bool = False):
         self.step, self.start, self.end = step, start, end
         self.max_length, self.beam, self.alpha = max_length, beam_size, length_penalty
-        self.keep_attention = keep_attention
+        self.keep_attention, self.block_repeats = keep_attention, block_repeats
 
     def _normalised(self, logprob: float, length: int) -> float:
         return logprob / (((5.0 + length + 1) / 6.0) ** self.alpha) if self.alpha else logprob
@@ -129,7 +139,7 @@ class BeamSearchDecoder:
         images = np.arange(n)
         for t in range(self.max_length):
             logits, hidden, att = self.step(token, memory, hidden)
-            logp = log_softmax(logits)
+            logp = step_logprobs(logits, token, self.block_repeats)
             m = len(images)
             total = (scores[:, None] + logp).reshape(m, k * logp.shape[-1])
             width = min(2 * k, total.shape[1])
@@ -200,6 +210,7 @@ def make_decoder(model: OnnxModel, options: DecodingOptions):
     max_length = options.max_length or bundle.max_length
     step = StepFunction(model)
     if options.beam_size <= 1:
-        return GreedyDecoder(step, vocab.start_id, vocab.end_id, max_length, options.keep_attention)
+        return GreedyDecoder(step, vocab.start_id, vocab.end_id, max_length, options.keep_attention,
+                             options.block_repeats)
     return BeamSearchDecoder(step, vocab.start_id, vocab.end_id, max_length, options.beam_size,
-                             options.length_penalty, options.keep_attention)
+                             options.length_penalty, options.keep_attention, options.block_repeats)

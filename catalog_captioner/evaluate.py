@@ -106,7 +106,8 @@ def evaluate(options: EvaluateOptions, log=print) -> dict:
     references = kept[options.caption_col].tolist()
     predictions = [results[i].caption for i in ok]
     report = {"catalog": str(options.catalog), "model": str(captioner.bundle.path), "tokenizer": TOKENIZER,
-              "beam_size": captioner.decoding.beam_size, "skipped_images": len(frame) - len(ok),
+              "beam_size": captioner.decoding.beam_size, "length_penalty": captioner.decoding.length_penalty,
+              "block_repeats": captioner.decoding.block_repeats, "skipped_images": len(frame) - len(ok),
               "model_metrics": score(predictions, references, kept)}
     peer_predictions = None
     if options.reference is not None:

@@ -44,6 +44,7 @@ class ExportOptions:
     min_greedy_match: float = 0.99
     name: str | None = None
     length_penalty: float = 0.6
+    block_repeats: bool = True  # decoding default: never the same word twice in a row
     decoder_float16: bool = True  # store decoder weights as float16 (see export.compress)
 
 
@@ -115,7 +116,8 @@ def write_record(run: TrainedRun, folder: Path, parity: dict, options: ExportOpt
                        "tokenizer": "lower-case words: [a-z0-9]+ joined by ' & + . -"},
         "max_length": run.config.max_length,
         "caption_case": "title",
-        "decoding": {"default": "greedy", "length_penalty": options.length_penalty},
+        "decoding": {"default": "greedy", "length_penalty": options.length_penalty,
+                     "block_repeats": options.block_repeats},
         "encoder": {
             "file": "encoder.onnx", "sha256": bundles.sha256_file(folder / "encoder.onnx"),
             "inputs": {"image": _named(enc_inputs, "image")},

@@ -57,6 +57,23 @@ def test_finished_rows_leave_the_decoder_batch():
     assert sizes == [5, 4, 3, 2, 1, 1]  # each step runs only on the rows still writing; no step past the longest
 
 
+def test_blocking_repeats_never_writes_a_word_twice_in_a_row():
+    """A scripted model that always prefers word 4, then word 5, and ends after 4 words."""
+    def step(token, memory, hidden):
+        logits = np.tile(np.array([0, 0, -9, 0, 5.0, 4.0, 0, 0], np.float32), (len(token), 1))
+        logits[hidden[:, 0] >= 4, 2] = 20.0  # <end>
+        return logits, hidden + 1, np.ones((len(token), 1), np.float32)
+
+    memory = {"features": np.zeros((2, 1, 1), np.float32), "keys": np.zeros((2, 1, 1), np.float32)}
+    hidden = np.zeros((2, 1), np.float32)
+    plain = GreedyDecoder(step, 1, 2, 10).decode(memory, hidden)
+    assert plain[0].tokens == [4, 4, 4, 4]
+    for decoder in (GreedyDecoder(step, 1, 2, 10, block_repeats=True),
+                    BeamSearchDecoder(step, 1, 2, 10, beam_size=3, block_repeats=True)):
+        tokens = decoder.decode(memory, hidden)[0].tokens
+        assert tokens == [4, 5, 4, 5], type(decoder).__name__
+
+
 def test_the_loader_keeps_a_bounded_window_across_chunks(tmp_path):
     active, lock = [0], threading.Lock()
 

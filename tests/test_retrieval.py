@@ -22,7 +22,7 @@ def retrieval_run(shapes_catalog, tmp_path_factory):
     out = tmp_path_factory.mktemp("rrun") / "run"
     catcap("train", shapes_catalog, "--out", out, "--input-size", "96", "--epochs", "10", "--batch-size", "16",
            "--units", "64", "--embedding-dim", "32", "--feature-dim", "64", "--val-fraction", "0.2",
-           "--learning-rate", "0.005", "--patience", "10", "--min-count", "1", "--neighbours", "3",
+           "--learning-rate", "0.005", "--patience", "10", "--min-count", "1", "--neighbours", "3", "--lr-decay", "0.5",
            "--cache-dir", out.parent / "cache")
     return out
 
@@ -69,6 +69,18 @@ def test_a_retrieval_run_exports_to_a_bundle_with_its_index(retrieval_run, retri
     assert parity["max_abs_diff"] <= 1e-4 and parity["greedy_match"] >= 0.99 and parity["same_neighbours"] == 1.0
     bundle = ModelBundle.load(retrieval_bundle)
     assert bundle.neighbours.size == config["data"]["train_images"] and bundle.neighbour_count == 3
+
+
+def test_the_learning_rate_drops_only_after_an_epoch_without_improvement(retrieval_run):
+    history = pd.read_csv(retrieval_run / "history.csv")
+    rates, losses = history["learning_rate"].tolist(), history["val_loss"].tolist()
+    assert rates[0] == pytest.approx(0.005)
+    for epoch in range(1, len(rates)):
+        if rates[epoch] < rates[epoch - 1]:
+            assert losses[epoch - 1] >= min(losses[:epoch - 1]), epoch  # epoch-1 did not improve
+            assert rates[epoch] == pytest.approx(rates[epoch - 1] * 0.5)
+        else:
+            assert rates[epoch] == pytest.approx(rates[epoch - 1])
 
 
 def test_catcap_run_captions_with_a_retrieval_bundle(retrieval_bundle, shapes_catalog, tmp_path):

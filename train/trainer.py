@@ -38,6 +38,7 @@ class TrainOptions:
     batch_size: int = 64
     learning_rate: float = 1e-3
     patience: int = 3
+    lr_decay: float = 1.0  # multiply the learning rate by this after an epoch without improvement (1 = off)
     val_fraction: float = 0.1
     seed: int = 13
     min_count: int = 2
@@ -122,6 +123,8 @@ def train(options: TrainOptions, log=None) -> Path:
     from train.features import FeatureCache, default_cache_root
     from train.model import AttributeLoss, MaskedCaptionLoss, ModelConfig, build_model
 
+    if not 0 < options.lr_decay <= 1:
+        raise UsageError("--lr-decay must be in (0, 1]; 1 keeps the learning rate constant")
     started = time.time()
     keras.utils.set_random_seed(options.seed)
     data = read_catalog(options.catalog, options.image_col, options.caption_col, options.image_root, options.limit)
@@ -223,8 +226,13 @@ def train(options: TrainOptions, log=None) -> Path:
                                             restore_best_weights=True, verbose=1)
     checkpoint = keras.callbacks.ModelCheckpoint(str(out / "model.weights.h5"), monitor=monitor, mode="min",
                                                  save_best_only=True, save_weights_only=True)
+    callbacks = [stopper, checkpoint]
+    if options.lr_decay < 1.0:  # before the logger, which then records the rate of every epoch
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode="min", factor=options.lr_decay,
+                                                           patience=0, min_lr=1e-6, verbose=1))
+    callbacks.append(keras.callbacks.CSVLogger(str(out / "history.csv")))
     history = model.fit(dataset(train_idx, True), validation_data=dataset(val_idx, False), epochs=options.epochs,
-                        callbacks=[stopper, checkpoint, keras.callbacks.CSVLogger(str(out / "history.csv"))],
+                        callbacks=callbacks,
                         verbose=options.verbose)
     val_losses = history.history["val_loss"]
     monitored = history.history[monitor]
