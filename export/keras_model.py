@@ -53,9 +53,10 @@ class TrainedRun:
 
         return encoder
 
-    def decoder_function(self):
+    def decoder_function(self, folded: bool = True):
         """(token, features, keys, hidden[, neighbours, similarity]) -> (logits, hidden, attention):
-        exported as decoder.onnx."""
+        exported as decoder.onnx. ``folded=False`` is the training form of the text memory
+        (see ``CaptionModel.text_memory``), the reference for what folding changed."""
         c = self.config
         signature = [tf.TensorSpec((None,), tf.int32, name="token"),
                      tf.TensorSpec((None, self.regions, c.feature_dim), tf.float32, name="features"),
@@ -72,7 +73,7 @@ class TrainedRun:
 
         @tf.function(input_signature=signature)
         def retrieval_decoder(token, features, keys, hidden, neighbours, similarity):
-            memory = self.model.text_memory(neighbours, similarity)
+            memory = self.model.text_memory(neighbours, similarity, folded=folded)
             return self.model.step(token, features, keys, hidden, memory, training=False)
 
         return retrieval_decoder

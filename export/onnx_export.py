@@ -156,7 +156,8 @@ def export(options: ExportOptions, log=None) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         pixels = validation_pixels(run, options.parity_images)  # loaded once for every check below
-        reference = greedy_tokens(run, pixels) if options.decoder_float16 else None
+        changes_form = options.decoder_float16 or run.retrieval  # retrieval runs export a folded text memory
+        reference = greedy_tokens(run, pixels, folded=False) if changes_form else None
         storage = convert(run, staging, options.decoder_float16)
         if reference is not None:
             rounded = greedy_tokens(run, pixels)

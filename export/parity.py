@@ -44,8 +44,8 @@ def memory_of(run: TrainedRun, outputs, index: NeighbourIndex | None) -> tuple[d
 
 
 class KerasStep:
-    def __init__(self, run: TrainedRun):
-        self.fn = run.decoder_function()
+    def __init__(self, run: TrainedRun, folded: bool = True):
+        self.fn = run.decoder_function(folded)
 
     def __call__(self, token, memory, hidden):
         args = [memory[r] for r in MEMORY_ROLES if r in memory]
@@ -62,11 +62,12 @@ class OnnxStep:
         return self.session.run(["logits", "next_hidden", "attention"], feeds)
 
 
-def greedy_tokens(run: TrainedRun, pixels: np.ndarray) -> list[list[int]]:
-    """Keras greedy captions (token ids) of the parity images, e.g. before and after rounding."""
+def greedy_tokens(run: TrainedRun, pixels: np.ndarray, folded: bool = True) -> list[list[int]]:
+    """Keras greedy captions (token ids) of the parity images: the training form (``folded=False``,
+    weights as trained) vs the exported form, to measure what rounding and folding changed."""
     memory, hidden = memory_of(run, run.encoder_function()(pixels), run.index())
     vocab = run.vocabulary
-    return [h.tokens for h in GreedyDecoder(KerasStep(run), vocab.start_id, vocab.end_id,
+    return [h.tokens for h in GreedyDecoder(KerasStep(run, folded), vocab.start_id, vocab.end_id,
                                             run.config.max_length).decode(memory, hidden)]
 
 

@@ -25,7 +25,7 @@ def test_the_default_bundle_ships_inside_the_package_and_loads_offline():
     assert model["cider"] >= 3.0
     assert record["retrieval"]["images"] == record["training"]["data"]["train_images"]
     size = sum(f.stat().st_size for f in default_model_dir().iterdir())
-    assert size < 36e6
+    assert size < 42e6
 
 
 def test_catcap_run_without_model_uses_the_default(tmp_path):

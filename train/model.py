@@ -107,11 +107,21 @@ class CaptionModel(keras.Model):
         hidden = self.init_state(ops.mean(features, axis=1))
         return features, keys, hidden
 
-    def text_memory(self, neighbours, similarity):
-        """Retrieved titles (N,K,T) int + their cosine similarity (N,K) -> values, keys, mask, token ids (N,K*T)."""
+    def text_memory(self, neighbours, similarity, folded=False):
+        """Retrieved titles (N,K,T) int + their cosine similarity (N,K) -> values, keys, mask, token ids (N,K*T).
+
+        ``folded`` (the exported form) computes the same linear maps in another order:
+        per-word tables (word embedding @ W, rounded to float16 so the bundle stores them
+        in half the bytes) that depend only on weights, so each decoding step gathers
+        rows instead of running two Dense layers over all K*T retrieved tokens.
+        """
         c = self.config
         k, t = c.neighbours, c.neighbour_length
         neighbours = ops.cast(neighbours, "int32")
+        if folded:
+            values, keys = self._folded_text_memory(neighbours, similarity)
+            tokens = ops.reshape(neighbours, (-1, k * t))
+            return values, keys, ops.cast(ops.not_equal(tokens, 0), "float32"), tokens
         x = self.embedding(neighbours)  # (N,K,T,E): the decoder's own word embedding
         x = x + ops.reshape(self.text_position(ops.arange(t)), (1, 1, t, -1))
         x = x + ops.reshape(self.text_rank(ops.arange(k)), (1, k, 1, -1))
@@ -120,6 +130,23 @@ class CaptionModel(keras.Model):
         tokens = ops.reshape(neighbours, (-1, k * t))
         mask = ops.cast(ops.not_equal(tokens, 0), "float32")
         return values, self.text_attention.project(values), mask, tokens
+
+    def _folded_text_memory(self, neighbours, similarity):
+        c = self.config
+        k, t = c.neighbours, c.neighbour_length
+        half = lambda x: ops.cast(ops.cast(x, "float16"), "float32")  # noqa: E731
+        wv, bv = self.text_values.kernel, self.text_values.bias
+        w1, b1 = self.text_attention.w1.kernel, self.text_attention.w1.bias
+        value_table = ops.matmul(self.embedding.embeddings, wv)  # (V,D): weights only
+        offset = (ops.reshape(ops.matmul(self.text_position.embeddings, wv), (1, 1, t, -1))
+                  + ops.reshape(ops.matmul(self.text_rank.embeddings, wv), (1, k, 1, -1))
+                  + ops.matmul(ops.expand_dims(self.text_similarity.bias, 0), wv) + bv)  # (1,K,T,D)
+        per_similarity = ops.matmul(self.text_similarity.kernel, wv)  # (1,D)
+        sim = ops.reshape(ops.cast(similarity, "float32"), (-1, k, 1, 1))
+        values = ops.take(half(value_table), neighbours, axis=0) + offset + sim * per_similarity
+        keys = (ops.take(half(ops.matmul(value_table, w1)), neighbours, axis=0) + ops.matmul(offset, w1) + b1
+                + sim * ops.matmul(per_similarity, w1))
+        return ops.reshape(values, (-1, k * t, c.feature_dim)), ops.reshape(keys, (-1, k * t, c.attention_units))
 
     # -- one decoding step --------------------------------------------------------------------
     def step(self, token, features, keys, hidden, memory=None, training=False):
