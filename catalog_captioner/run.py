@@ -77,7 +77,9 @@ def _fingerprint(options: RunOptions, captioner: Captioner, image_col: str, out_
     decoding = captioner.decoding
     key = {
         "input": str(options.input.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-        "model": captioner.bundle.record["encoder"]["sha256"] + captioner.bundle.record["decoder"]["sha256"],
+        "model": [captioner.bundle.record[part]["sha256"] for part in ("encoder", "decoder", "retrieval")
+                  if part in captioner.bundle.record],
+        "decoding": [decoding.length_penalty, decoding.block_repeats],
         "image_col": image_col, "caption_col": options.caption_col, "out_format": out_fmt,
         "chunk_size": options.chunk_size, "limit": options.limit, "beam": decoding.beam_size,
         "max_length": decoding.max_length, "image_root": str(options.image_root or ""),
