@@ -166,7 +166,7 @@ def measure_keras(run_dir: Path, pixels: np.ndarray, batch: int, max_length: int
     from train.neighbours import embed
 
     run = load_run(run_dir)
-    model, bottom, vocab, index = run.model, run.backbone.bottom, run.vocabulary, run.index()
+    model, bottom, vocab, index = run.model, run.backbone.bottom, run.vocabulary, run.index
 
     def caption(x):
         cached = bottom(tf.convert_to_tensor(x.astype(np.float32)), training=False)

@@ -41,10 +41,6 @@ class NeighbourIndex:
         return len(self.keys)
 
     @property
-    def dim(self) -> int:
-        return self.keys.shape[1]
-
-    @property
     def title_length(self) -> int:
         return self.tokens.shape[1]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +30,9 @@ class TrainedRun:
     def retrieval(self) -> bool:
         return self.config.neighbours > 0
 
+    @functools.cached_property
     def index(self) -> NeighbourIndex | None:
-        """The training index the decoder reads titles from (retrieval-augmented runs)."""
+        """The training index the decoder reads titles from (retrieval-augmented runs), loaded once."""
         return NeighbourIndex.load(self.path / "neighbours.npz") if self.retrieval else None
 
     def encoder_function(self):

@@ -93,7 +93,7 @@ def _named(names: list[str], role: str) -> str:
 
 
 def _retrieval_record(run: TrainedRun, folder: Path) -> dict:
-    index = run.index()
+    index = run.index
     return {"file": "neighbours.npz", "sha256": bundles.sha256_file(folder / "neighbours.npz"),
             "neighbours": run.config.neighbours, "title_length": index.title_length, "images": index.size,
             "key": "encoder output 'embedding': the frozen backbone map averaged over regions, unit length; "

@@ -31,9 +31,6 @@ def validation_pixels(run: TrainedRun, limit: int) -> np.ndarray:
     return np.stack(pixels)
 
 
-MEMORY_ROLES = ("features", "keys", "neighbours", "similarity")
-
-
 def memory_of(run: TrainedRun, outputs, index: NeighbourIndex | None) -> tuple[dict, np.ndarray]:
     """Encoder outputs (features, keys, hidden[, embedding]) -> decoder memory and state, as the runtime does."""
     features, keys, hidden, *embedding = [np.asarray(t) for t in outputs]
@@ -48,9 +45,9 @@ class KerasStep:
         self.fn = run.decoder_function(folded)
 
     def __call__(self, token, memory, hidden):
-        args = [memory[r] for r in MEMORY_ROLES if r in memory]
-        args.insert(2, hidden)  # signature order: token, features, keys, hidden, [neighbours, similarity]
-        return [np.asarray(t) for t in self.fn(token.astype(np.int32), *args)]
+        retrieved = [memory[r] for r in ("neighbours", "similarity") if r in memory]
+        outputs = self.fn(token.astype(np.int32), memory["features"], memory["keys"], hidden, *retrieved)
+        return [np.asarray(t) for t in outputs]
 
 
 class OnnxStep:
@@ -65,7 +62,7 @@ class OnnxStep:
 def greedy_tokens(run: TrainedRun, pixels: np.ndarray, folded: bool = True) -> list[list[int]]:
     """Keras greedy captions (token ids) of the parity images: the training form (``folded=False``,
     weights as trained) vs the exported form, to measure what rounding and folding changed."""
-    memory, hidden = memory_of(run, run.encoder_function()(pixels), run.index())
+    memory, hidden = memory_of(run, run.encoder_function()(pixels), run.index)
     vocab = run.vocabulary
     return [h.tokens for h in GreedyDecoder(KerasStep(run, folded), vocab.start_id, vocab.end_id,
                                             run.config.max_length).decode(memory, hidden)]
@@ -74,7 +71,7 @@ def greedy_tokens(run: TrainedRun, pixels: np.ndarray, folded: bool = True) -> l
 def check_parity(run: TrainedRun, folder: Path, pixels: np.ndarray) -> dict:
     encoder = ort.InferenceSession(str(folder / "encoder.onnx"), providers=["CPUExecutionProvider"])
     decoder = ort.InferenceSession(str(folder / "decoder.onnx"), providers=["CPUExecutionProvider"])
-    index = run.index()
+    index = run.index
     keras_out = [np.asarray(t) for t in run.encoder_function()(pixels)]
     names = ["features", "keys", "hidden"] + (["embedding"] if index is not None else [])
     onnx_out = encoder.run(names, {encoder.get_inputs()[0].name: pixels})

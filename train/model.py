@@ -119,21 +119,21 @@ class CaptionModel(keras.Model):
         k, t = c.neighbours, c.neighbour_length
         neighbours = ops.cast(neighbours, "int32")
         if folded:
-            values, keys = self._folded_text_memory(neighbours, similarity)
-            tokens = ops.reshape(neighbours, (-1, k * t))
-            return values, keys, ops.cast(ops.not_equal(tokens, 0), "float32"), tokens
-        x = self.embedding(neighbours)  # (N,K,T,E): the decoder's own word embedding
-        x = x + ops.reshape(self.text_position(ops.arange(t)), (1, 1, t, -1))
-        x = x + ops.reshape(self.text_rank(ops.arange(k)), (1, k, 1, -1))
-        x = x + ops.expand_dims(self.text_similarity(ops.expand_dims(ops.cast(similarity, "float32"), -1)), 2)
-        values = ops.reshape(self.text_values(x), (-1, k * t, c.feature_dim))
+            values, keys = self._folded_text_memory(neighbours, similarity, k, t)
+        else:
+            x = self.embedding(neighbours)  # (N,K,T,E): the decoder's own word embedding
+            x = x + ops.reshape(self.text_position(ops.arange(t)), (1, 1, t, -1))
+            x = x + ops.reshape(self.text_rank(ops.arange(k)), (1, k, 1, -1))
+            x = x + ops.expand_dims(self.text_similarity(ops.expand_dims(ops.cast(similarity, "float32"), -1)), 2)
+            values = self.text_values(x)
+            keys = self.text_attention.project(values)
         tokens = ops.reshape(neighbours, (-1, k * t))
         mask = ops.cast(ops.not_equal(tokens, 0), "float32")
-        return values, self.text_attention.project(values), mask, tokens
+        return (ops.reshape(values, (-1, k * t, c.feature_dim)), ops.reshape(keys, (-1, k * t, c.attention_units)),
+                mask, tokens)
 
-    def _folded_text_memory(self, neighbours, similarity):
-        c = self.config
-        k, t = c.neighbours, c.neighbour_length
+    def _folded_text_memory(self, neighbours, similarity, k, t):
+        """(N,K,T,D) values and (N,K,T,A) keys from float16 per-word tables + weight-only offsets."""
         half = lambda x: ops.cast(ops.cast(x, "float16"), "float32")  # noqa: E731
         wv, bv = self.text_values.kernel, self.text_values.bias
         w1, b1 = self.text_attention.w1.kernel, self.text_attention.w1.bias
@@ -146,7 +146,7 @@ class CaptionModel(keras.Model):
         values = ops.take(half(value_table), neighbours, axis=0) + offset + sim * per_similarity
         keys = (ops.take(half(ops.matmul(value_table, w1)), neighbours, axis=0) + ops.matmul(offset, w1) + b1
                 + sim * ops.matmul(per_similarity, w1))
-        return ops.reshape(values, (-1, k * t, c.feature_dim)), ops.reshape(keys, (-1, k * t, c.attention_units))
+        return values, keys
 
     # -- one decoding step --------------------------------------------------------------------
     def step(self, token, features, keys, hidden, memory=None, training=False):

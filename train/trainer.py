@@ -157,12 +157,12 @@ def train(options: TrainOptions, log=None) -> Path:
         values = frame[column].tolist()
         classes = sorted({values[i] for i in train_idx if values[i]})
         attributes.append(AttributeCodes(column, classes))
-    neighbours = min(options.neighbours, len(train_idx) - 1)
+    neighbours = max(0, min(options.neighbours, len(train_idx) - 1))  # a training image never reads itself
     config = ModelConfig(vocab_size=len(vocab), max_length=max_length, feature_dim=options.feature_dim,
                          embedding_dim=options.embedding_dim, units=options.units,
                          attention_units=options.attention_units, dropout=options.dropout,
                          attributes=tuple((a.column, len(a.classes)) for a in attributes if a.classes),
-                         neighbours=max(neighbours, 0), neighbour_length=options.neighbour_length if neighbours > 0 else 0)
+                         neighbours=neighbours, neighbour_length=options.neighbour_length if neighbours else 0)
     log(f"vocabulary {len(vocab)} words (min count {options.min_count}); max length {max_length}; "
         f"{len(train_idx)} train / {len(val_idx)} validation images; cache map {backbone.cache_shape}")
 
