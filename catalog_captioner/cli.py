@@ -144,6 +144,8 @@ def train(
     dropout: float = typer.Option(0.0, "--dropout"),
     neighbours: int = typer.Option(0, "--neighbours", help="Retrieval-augmented decoder: read the titles of the K "
                                    "most similar training images (0 = off)."),
+    region_colours: bool = typer.Option(False, "--region-colours", help="Give each attention region its mean "
+                                        "RGB beside the CNN features (helps the colour word)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N catalog rows."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Feature cache "
                                              "(default: $CATCAP_CACHE or ~/.cache/catcap)."),
@@ -158,7 +160,8 @@ def train(
         max_length=max_length,
         embedding_dim=embedding_dim, units=units, feature_dim=feature_dim,
         attribute_cols=tuple(c.strip() for c in attribute_cols.split(",") if c.strip()),
-        label_smoothing=label_smoothing, dropout=dropout, neighbours=neighbours, limit=limit, cache_dir=cache_dir)
+        label_smoothing=label_smoothing, dropout=dropout, neighbours=neighbours,
+        region_colours=region_colours, limit=limit, cache_dir=cache_dir)
     try:
         trainer.train(options)
     except CatcapError as err:

@@ -14,6 +14,7 @@ from catalog_captioner.errors import UsageError
 from catalog_captioner.neighbours import NeighbourIndex
 from catalog_captioner.text import Vocabulary
 from train.backbones import Backbone, build_backbone
+from train.colours import region_colours_graph
 from train.model import CaptionModel, ModelConfig, build_model
 
 
@@ -46,8 +47,10 @@ class TrainedRun:
 
         @tf.function(input_signature=[spec])
         def encoder(image):
-            cached = self.backbone.bottom(tf.cast(image, tf.float32), training=False)
-            features, keys, hidden = self.model.encode(cached, training=False)
+            pixels = tf.cast(image, tf.float32)
+            cached = self.backbone.bottom(pixels, training=False)
+            colours = region_colours_graph(pixels, self.grid) if self.config.region_colours else None
+            features, keys, hidden = self.model.encode(cached, colours, training=False)
             if not self.retrieval:
                 return features, keys, hidden
             pooled = tf.reduce_mean(cached, axis=[1, 2])
@@ -81,8 +84,12 @@ class TrainedRun:
         return retrieval_decoder
 
     @property
+    def grid(self) -> tuple[int, int]:
+        return tuple(int(d) for d in self.backbone.top.output.shape[1:3])
+
+    @property
     def regions(self) -> int:
-        return int(np.prod(self.backbone.top.output.shape[1:3]))
+        return int(np.prod(self.grid))
 
 
 def load_run(run_dir: Path) -> TrainedRun:

@@ -23,7 +23,7 @@ def retrieval_run(shapes_catalog, tmp_path_factory):
     catcap("train", shapes_catalog, "--out", out, "--input-size", "96", "--epochs", "10", "--batch-size", "16",
            "--units", "64", "--embedding-dim", "32", "--feature-dim", "64", "--val-fraction", "0.2",
            "--learning-rate", "0.005", "--patience", "10", "--min-count", "1", "--neighbours", "3", "--lr-decay", "0.5",
-           "--cache-dir", out.parent / "cache")
+           "--region-colours", "--cache-dir", out.parent / "cache")
     return out
 
 
@@ -60,6 +60,7 @@ def test_the_index_round_trips_through_its_file(tmp_path):
 def test_a_retrieval_run_exports_to_a_bundle_with_its_index(retrieval_run, retrieval_bundle):
     config = json.loads((retrieval_run / "config.json").read_text())
     assert config["model"]["neighbours"] == 3 and (retrieval_run / "neighbours.npz").is_file()
+    assert config["model"]["region_colours"]  # the default model's configuration: colours exported too
     record = json.loads((retrieval_bundle / "model.json").read_text())
     assert record["format_version"] == 2
     assert record["retrieval"]["neighbours"] == 3 and record["retrieval"]["images"] == config["data"]["train_images"]

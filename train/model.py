@@ -34,6 +34,7 @@ class ModelConfig:
     attributes: tuple[tuple[str, int], ...] = ()  # auxiliary heads: (column, classes)
     neighbours: int = 0  # K retrieved titles the decoder reads (0: plain image decoder)
     neighbour_length: int = 0  # tokens kept per retrieved title, <end> included
+    region_colours: bool = False  # each region's mean RGB joins its CNN features (train.colours)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -93,9 +94,11 @@ class CaptionModel(keras.Model):
             self.copy_gate = layers.Dense(1, name="copy_gate")
 
     # -- encoder side -------------------------------------------------------------------------
-    def encode(self, cached, training=False):
-        """Backbone map -> (features (N,L,D), keys (N,L,A), initial hidden (N,U))."""
+    def encode(self, cached, colours=None, training=False):
+        """Backbone map [+ region colours (N,h,w,3)] -> (features (N,L,D), keys (N,L,A), initial hidden (N,U))."""
         fmap = self.backbone_top(cached, training=training)
+        if self.config.region_colours:
+            fmap = ops.concatenate([fmap, ops.cast(colours, fmap.dtype)], axis=-1)
         n_regions = fmap.shape[1] * fmap.shape[2]
         regions = ops.reshape(fmap, (-1, n_regions, fmap.shape[3]))
         features = self.project_features(regions)
@@ -178,7 +181,7 @@ class CaptionModel(keras.Model):
     # -- teacher forcing ----------------------------------------------------------------------
     def call(self, inputs, training=False):
         cached, tokens = inputs["cached"], inputs["tokens"]
-        features, keys, hidden = self.encode(ops.cast(cached, "float32"), training=training)
+        features, keys, hidden = self.encode(ops.cast(cached, "float32"), inputs.get("colours"), training=training)
         memory = (self.text_memory(inputs["neighbours"], inputs["similarity"])
                   if self.config.neighbours else None)
         outputs = []
@@ -240,6 +243,8 @@ def build_model(config: ModelConfig, backbone_top: keras.Model, cache_shape: tup
     import numpy as np
 
     inputs = {"cached": np.zeros((1, *cache_shape), "float32"), "tokens": np.zeros((1, config.max_length + 1), "int32")}
+    if config.region_colours:
+        inputs["colours"] = np.zeros((1, *backbone_top.output.shape[1:3], 3), "float32")
     if config.neighbours:
         inputs["neighbours"] = np.ones((1, config.neighbours, config.neighbour_length), "int32")
         inputs["similarity"] = np.zeros((1, config.neighbours), "float32")

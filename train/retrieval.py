@@ -40,7 +40,8 @@ class RetrievalPeer:
         return peer
 
     def _embed(self, cells, root: Path, log=print) -> tuple[np.ndarray, np.ndarray]:
-        maps, ok, _, _ = self.cache.compute(cells, images.LoadOptions(image_root=root), log=log)
+        cached = self.cache.compute(cells, images.LoadOptions(image_root=root), log=log)
+        maps, ok = cached.maps, cached.ok
         pooled = []
         for start in range(0, len(maps), 256):
             fmap = self.backbone.top(maps[start:start + 256].astype(np.float32), training=False)

@@ -53,6 +53,7 @@ class TrainOptions:
     dropout: float = 0.0
     neighbours: int = 0  # retrieval-augmented decoder: K training titles read per image (0: off)
     neighbour_length: int = 12
+    region_colours: bool = False  # each region's mean RGB beside its CNN features (train.colours)
     limit: int | None = None
     cache_dir: Path | None = None
     verbose: int = 2
@@ -139,12 +140,16 @@ def train(options: TrainOptions, log=None) -> Path:
                               options.fine_tune_blocks)
     cache = FeatureCache(options.cache_dir or default_cache_root(), backbone)
     load_options = images.LoadOptions(image_root=data.image_root)
-    maps, ok, failures, cache_stats = cache.compute(data.frame[data.image_col].tolist(), load_options, log=log)
+    grid = tuple(int(d) for d in backbone.top.output.shape[1:3])
+    cached = cache.compute(data.frame[data.image_col].tolist(), load_options, log=log,
+                           colour_grid=grid if options.region_colours else None)
+    maps, ok, failures, cache_stats = cached.maps, cached.ok, cached.failures, cached.stats
     keep = np.flatnonzero(ok)
     if len(keep) < 2:
         raise UsageError(f"only {len(keep)} images could be read ({dict(failures)}); nothing to train on")
     frame = data.frame.iloc[keep].reset_index(drop=True)
     maps = maps[keep]
+    x_extra = {"colours": cached.colours[keep]} if options.region_colours else {}
     train_idx, val_idx = split_indices(len(frame), options.val_fraction, options.seed)
 
     captions = frame[options.caption_col].tolist()
@@ -162,13 +167,14 @@ def train(options: TrainOptions, log=None) -> Path:
                          embedding_dim=options.embedding_dim, units=options.units,
                          attention_units=options.attention_units, dropout=options.dropout,
                          attributes=tuple((a.column, len(a.classes)) for a in attributes if a.classes),
-                         neighbours=neighbours, neighbour_length=options.neighbour_length if neighbours else 0)
+                         neighbours=neighbours, neighbour_length=options.neighbour_length if neighbours else 0,
+                         region_colours=options.region_colours)
     log(f"vocabulary {len(vocab)} words (min count {options.min_count}); max length {max_length}; "
         f"{len(train_idx)} train / {len(val_idx)} validation images; cache map {backbone.cache_shape}")
 
-    x_extra = {}
     if config.neighbours:
-        index, x_extra = _retrieval_inputs(maps, captions, train_idx, vocab, config, log)
+        index, retrieved = _retrieval_inputs(maps, captions, train_idx, vocab, config, log)
+        x_extra.update(retrieved)
     model = build_model(config, backbone.top, backbone.cache_shape)
     losses = {"caption": MaskedCaptionLoss(options.label_smoothing)}
     weights = {"caption": 1.0}
