@@ -163,6 +163,7 @@ def measure_keras(run_dir: Path, pixels: np.ndarray, batch: int, max_length: int
 
     from export.keras_model import load_run
 
+    from train.colours import region_colours
     from train.neighbours import embed
 
     run = load_run(run_dir)
@@ -170,7 +171,8 @@ def measure_keras(run_dir: Path, pixels: np.ndarray, batch: int, max_length: int
 
     def caption(x):
         cached = bottom(tf.convert_to_tensor(x.astype(np.float32)), training=False)
-        features, keys, hidden = model.encode(cached)
+        colours = region_colours(x, run.grid) if run.config.region_colours else None
+        features, keys, hidden = model.encode(cached, colours)
         memory = None
         if index is not None:  # the same retrieval as the runtime, then the Keras text memory
             neighbours, similarity = index.search(embed(np.asarray(cached)), run.config.neighbours)

@@ -110,3 +110,20 @@ def test_a_damaged_index_is_refused(retrieval_bundle, tmp_path):
         handle.write(b"x")
     with pytest.raises(BundleError, match="neighbours.npz fails its checksum"):
         ModelBundle.load(copy)
+
+
+def test_the_benchmark_times_a_retrieval_model_with_region_colours_on_both_sides(retrieval_run, retrieval_bundle):
+    import re
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "throughput.py"), "--model", str(retrieval_bundle), "--run",
+         str(retrieval_run), "--images", "8", "--rss-scale", "2", "--batch-size", "4"],
+        capture_output=True, text=True, check=True, timeout=600)
+    lines = result.stdout.strip().splitlines()
+    assert any(line.startswith("  of which retrieval") for line in lines)
+    assert any(line.startswith("keras (TensorFlow") for line in lines)  # the Keras side computes the colours too
+    assert re.match(r"endtoend_over_model=\d+\.\d+ onnx_over_keras=\d+\.\d+", lines[-1]), lines[-1]

@@ -297,6 +297,10 @@ def plot_history(history: dict, best_epoch: int, reason: str, path: Path) -> Non
         ax.plot(epochs, history["caption_loss"], marker=".", linestyle=":", label="train caption loss")
         ax.plot(epochs, history["val_caption_loss"], marker=".", linestyle=":", label="validation caption loss")
     ax.axvline(best_epoch, color="grey", linestyle="--", label=f"best (epoch {best_epoch}, weights kept)")
+    rates = history.get("learning_rate", [])
+    drops = [e for e in range(1, len(rates)) if rates[e] < rates[e - 1]]
+    for n, e in enumerate(drops):  # the rate of epoch e+1 (1-based) was lowered after epoch e
+        ax.axvline(e + 0.5, color="tab:purple", linestyle=":", label="learning rate lowered" if n == 0 else None)
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
     ax.set_title(f"Stopped: {reason}", fontsize=9)
