@@ -171,7 +171,7 @@ def measure_keras(run_dir: Path, pixels: np.ndarray, batch: int, max_length: int
 
     def caption(x):
         cached = bottom(tf.convert_to_tensor(x.astype(np.float32)), training=False)
-        colours = region_colours(x, run.grid) if run.config.region_colours else None
+        colours = region_colours(x, run.backbone.grid) if run.config.region_colours else None
         features, keys, hidden = model.encode(cached, colours)
         memory = None
         if index is not None:  # the same retrieval as the runtime, then the Keras text memory

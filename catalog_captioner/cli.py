@@ -145,7 +145,8 @@ def train(
     neighbours: int = typer.Option(0, "--neighbours", help="Retrieval-augmented decoder: read the titles of the K "
                                    "most similar training images (0 = off)."),
     region_colours: bool = typer.Option(False, "--region-colours", help="Give each attention region its mean "
-                                        "RGB beside the CNN features (helps the colour word)."),
+                                        "RGB beside the CNN features (aimed at the colour word; within noise on "
+                                        "the default model, see the README)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N catalog rows."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Feature cache "
                                              "(default: $CATCAP_CACHE or ~/.cache/catcap)."),

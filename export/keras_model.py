@@ -49,7 +49,7 @@ class TrainedRun:
         def encoder(image):
             pixels = tf.cast(image, tf.float32)
             cached = self.backbone.bottom(pixels, training=False)
-            colours = region_colours_graph(pixels, self.grid) if self.config.region_colours else None
+            colours = region_colours_graph(pixels, self.backbone.grid) if self.config.region_colours else None
             features, keys, hidden = self.model.encode(cached, colours, training=False)
             if not self.retrieval:
                 return features, keys, hidden
@@ -84,12 +84,8 @@ class TrainedRun:
         return retrieval_decoder
 
     @property
-    def grid(self) -> tuple[int, int]:
-        return tuple(int(d) for d in self.backbone.top.output.shape[1:3])
-
-    @property
     def regions(self) -> int:
-        return int(np.prod(self.grid))
+        return int(np.prod(self.backbone.grid))
 
 
 def load_run(run_dir: Path) -> TrainedRun:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -13,7 +16,7 @@ from catalog_captioner import Captioner
 from catalog_captioner.bundle import ModelBundle
 from catalog_captioner.errors import BundleError
 from catalog_captioner.neighbours import NeighbourIndex
-from tests.conftest import catcap, draw_product
+from tests.conftest import ROOT, catcap, draw_product
 
 
 @pytest.fixture(scope="module")
@@ -113,12 +116,6 @@ def test_a_damaged_index_is_refused(retrieval_bundle, tmp_path):
 
 
 def test_the_benchmark_times_a_retrieval_model_with_region_colours_on_both_sides(retrieval_run, retrieval_bundle):
-    import re
-    import subprocess
-    import sys
-
-    from tests.conftest import ROOT
-
     result = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "throughput.py"), "--model", str(retrieval_bundle), "--run",
          str(retrieval_run), "--images", "8", "--rss-scale", "2", "--batch-size", "4"],

@@ -37,6 +37,11 @@ class Backbone:
     def cache_shape(self) -> tuple[int, ...]:
         return tuple(int(d) for d in self.bottom.output.shape[1:])
 
+    @property
+    def grid(self) -> tuple[int, int]:
+        """(h, w) of the final feature map: the attention regions."""
+        return tuple(int(d) for d in self.top.output.shape[1:3])
+
 
 def lite_weights_path(name: str) -> Path:
     if name == "efficientnet_lite0":

@@ -140,9 +140,8 @@ def train(options: TrainOptions, log=None) -> Path:
                               options.fine_tune_blocks)
     cache = FeatureCache(options.cache_dir or default_cache_root(), backbone)
     load_options = images.LoadOptions(image_root=data.image_root)
-    grid = tuple(int(d) for d in backbone.top.output.shape[1:3])
     cached = cache.compute(data.frame[data.image_col].tolist(), load_options, log=log,
-                           colour_grid=grid if options.region_colours else None)
+                           colour_grid=backbone.grid if options.region_colours else None)
     maps, ok, failures, cache_stats = cached.maps, cached.ok, cached.failures, cached.stats
     keep = np.flatnonzero(ok)
     if len(keep) < 2:
