@@ -26,7 +26,7 @@ def retrieval_run(shapes_catalog, tmp_path_factory):
     catcap("train", shapes_catalog, "--out", out, "--input-size", "96", "--epochs", "10", "--batch-size", "16",
            "--units", "64", "--embedding-dim", "32", "--feature-dim", "64", "--val-fraction", "0.2",
            "--learning-rate", "0.005", "--patience", "10", "--min-count", "1", "--neighbours", "3", "--lr-decay", "0.5",
-           "--region-colours", "--cache-dir", out.parent / "cache")
+           "--region-colours", "--fine-tune-blocks", "3", "--cache-dir", out.parent / "cache")
     return out
 
 
@@ -73,6 +73,20 @@ def test_a_retrieval_run_exports_to_a_bundle_with_its_index(retrieval_run, retri
     assert parity["max_abs_diff"] <= 1e-4 and parity["greedy_match"] >= 0.99 and parity["same_neighbours"] == 1.0
     bundle = ModelBundle.load(retrieval_bundle)
     assert bundle.neighbours.size == config["data"]["train_images"] and bundle.neighbour_count == 3
+
+
+def test_the_fine_tuned_blocks_learn_while_the_cached_bottom_keeps_its_imagenet_weights(retrieval_run):
+    from export.keras_model import load_run
+    from train.backbones import build_backbone
+
+    run = load_run(retrieval_run)
+    assert run.record["backbone"]["fine_tune_blocks"] == 3  # the default model's configuration
+    imagenet = build_backbone("efficientnet_lite0", None, 96, fine_tune_blocks=3)
+    for trained, original in zip(run.backbone.bottom.weights, imagenet.bottom.weights):
+        np.testing.assert_array_equal(np.asarray(trained), np.asarray(original), err_msg=trained.path)
+    moved = {a.path.split("/")[0] for a, b in zip(run.backbone.top.trainable_weights, imagenet.top.trainable_weights)
+             if not np.allclose(np.asarray(a), np.asarray(b))}
+    assert {"block13_expand", "block14_project", "block15_dw", "head"} <= moved
 
 
 def test_the_learning_rate_drops_only_after_an_epoch_without_improvement(retrieval_run):

@@ -38,6 +38,22 @@ def test_converted_imagenet_weights_recognise_real_photos(name):
         assert backbone.bottom.count_params() + backbone.top.count_params() == 4_694_024 - 1_281_000
 
 
+def test_fine_tuning_moves_the_cache_point_down_without_changing_the_network():
+    """--fine-tune-blocks N: the last N MBConv blocks + head become the trainable top; the rest is cached."""
+    from train.backbones import build_backbone
+
+    pixels = np.random.default_rng(0).uniform(0, 255, (2, 96, 96, 3)).astype("float32")
+    frozen = build_backbone("efficientnet_lite0", None, 96, fine_tune_blocks=0)
+    tuned = build_backbone("efficientnet_lite0", None, 96, fine_tune_blocks=3)
+    assert not frozen.top.trainable_weights and not tuned.bottom.trainable_weights
+    blocks = sorted({w.path.split("/")[0].split("_")[0] for w in tuned.top.trainable_weights})
+    assert blocks == ["block13", "block14", "block15", "head"]
+    assert tuned.cache_shape == (3, 3, 192) and tuned.grid == frozen.grid == (3, 3)
+    assert tuned.weights_id != frozen.weights_id  # different cache points never share cache entries
+    same = np.asarray(tuned.top(tuned.bottom(pixels)))
+    np.testing.assert_allclose(same, np.asarray(frozen.top(frozen.bottom(pixels))), atol=1e-4)
+
+
 def test_weights_reader_refuses_anything_but_tensors(tmp_path):
     from train.torch_weights import UnsafeWeightsError, load_state_dict
 
